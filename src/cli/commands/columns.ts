@@ -1,0 +1,68 @@
+import { Command } from 'commander';
+import { addColumn, countEncryptedValues, findColumn, listColumns, removeColumn } from '../../core/columns';
+import { formatColumnName } from '../../core/identifiers';
+import { requireInitialised } from '../../db/migrations';
+import { UsageError } from '../../errors';
+import { Runner } from '../context';
+import { formatTime, renderTable } from '../render';
+
+export function register(program: Command, run: Runner): void {
+  const columns = program.command('columns').description('manage the registry of encrypted columns');
+
+  const list = columns.command('list').description('list registered columns');
+  list.action(
+    run('columns', list, async (ctx) => {
+      await requireInitialised(ctx.pool);
+      const cols = await listColumns(ctx.pool);
+      if (ctx.globals.json) {
+        return ctx.io.printJson({ columns: cols.map((c) => ({ column: formatColumnName(c), ...c })) });
+      }
+      if (cols.length === 0) return ctx.io.print('no encrypted columns registered (add one with `alation-keys columns add SCHEMA.TABLE.COLUMN`)');
+      ctx.io.print(
+        renderTable(
+          ctx.io,
+          ['column', 'storage', 'key', 'context', 'added'],
+          cols.map((c) => [formatColumnName(c), c.storage, c.key_columns.join(', '), c.context, formatTime(c.added_at)]),
+        ),
+      );
+    }),
+  );
+
+  const add = columns
+    .command('add')
+    .description('register SCHEMA.TABLE.COLUMN (bytea or text, in a table with a primary or unique not-null key)')
+    .argument('<column>', 'SCHEMA.TABLE.COLUMN; quote mixed-case names: public."MyTable"."Secret"')
+    .option('--context <text>', 'AAD context (default SCHEMA.TABLE.COLUMN; kept if the table is renamed later)');
+  add.action(
+    run('columns', add, async (ctx, [name], opts) => {
+      await requireInitialised(ctx.pool);
+      const { column, added } = await addColumn(ctx.pool, name, { context: opts.context });
+      if (ctx.globals.json) return ctx.io.printJson({ added, column: { column: formatColumnName(column), ...column } });
+      ctx.io.print(
+        added
+          ? `registered ${formatColumnName(column)} (${column.storage}, walked by ${column.key_columns.join(', ')}, context "${column.context}")`
+          : `${formatColumnName(column)} is already registered; nothing to do`,
+      );
+    }),
+  );
+
+  const remove = columns
+    .command('remove')
+    .description('unregister SCHEMA.TABLE.COLUMN (its values are no longer rotated)')
+    .argument('<column>', 'SCHEMA.TABLE.COLUMN');
+  remove.action(
+    run('columns', remove, async (ctx, [name]) => {
+      await requireInitialised(ctx.pool);
+      const col = await findColumn(ctx.pool, name);
+      if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
+      const n = await countEncryptedValues(ctx.pool, col);
+      if (n > 0) {
+        ctx.io.warn(`${formatColumnName(col)} holds ${n} encrypted value(s); once removed they are no longer rotated or counted`);
+        await ctx.io.confirm(`Unregister ${formatColumnName(col)}?`);
+      }
+      const removed = await removeColumn(ctx.pool, name);
+      if (ctx.globals.json) return ctx.io.printJson({ removed: formatColumnName(removed), values: n });
+      ctx.io.print(`unregistered ${formatColumnName(removed)}`);
+    }),
+  );
+}

@@ -1,0 +1,16 @@
+import { Command } from 'commander';
+import { Runner } from '../context';
+import * as init from './init';
+import * as columns from './columns';
+import * as status from './status';
+import * as jobs from './jobs';
+import * as keys from './keys';
+
+/** Every command, in the order `--help` lists them. */
+export function registerCommands(program: Command, run: Runner): void {
+  init.register(program, run);
+  columns.register(program, run);
+  status.register(program, run);
+  jobs.register(program, run);
+  keys.register(program, run);
+}

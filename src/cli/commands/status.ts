@@ -1,0 +1,98 @@
+import { Command } from 'commander';
+import { collectStatus, StatusReport } from '../../core/status';
+import { formatBytes } from '../../core/headroom';
+import { PreconditionError } from '../../errors';
+import { IOStreams } from '../io';
+import { Runner } from '../context';
+import { formatCount, formatTime, renderTable } from '../render';
+
+export function register(program: Command, run: Runner): void {
+  const cmd = program
+    .command('status')
+    .description('provider, keys with values per version, last backup, disk headroom, recent jobs')
+    .option('--check', 'exit 3 when something needs attention (for monitoring)')
+    .option('--data-dir <path>', "the server's data directory as mounted on this host, for the headroom check")
+    .option('--no-provider-check', 'do not contact the key provider');
+  cmd.action(
+    run('status', cmd, async (ctx, _args, opts) => {
+      const report = await collectStatus(ctx.pool, {
+        ...ctx.providerOptions,
+        dataDir: opts.dataDir,
+        serverIsLocal: ctx.serverIsLocal,
+        checkProvider: opts.providerCheck !== false,
+      });
+      if (ctx.globals.json) ctx.io.printJson(report);
+      else ctx.io.print(renderStatus(ctx.io, report));
+      if (opts.check && report.attention.length > 0) {
+        throw new PreconditionError(`${report.attention.length} thing(s) need attention`, { reported: true });
+      }
+    }),
+  );
+}
+
+export function renderStatus(io: IOStreams, r: StatusReport): string {
+  const out: string[] = [];
+  const p = r.provider;
+  const reach = p.reachable === null ? 'not checked' : p.reachable ? io.ok('reachable') : io.bad(`unreachable: ${p.error}`);
+  out.push(`installation ${r.installationId}`);
+  out.push(`key provider ${p.kind}, KEK ${p.kekId ?? 'unknown'} (${reach})`);
+  if (p.aws) {
+    out.push(`  region ${p.aws.region}, role ${p.aws.roleArn}, ExternalId ${p.aws.externalId}, BYOK since ${p.byokEnabledAt ?? '?'}`);
+  }
+  out.push('');
+  out.push('data keys');
+  out.push(
+    renderTable(
+      io,
+      ['version', 'state', 'age', 'KEK', 'values', 'per column'],
+      r.keys.map((k) => [
+        k.version,
+        k.state,
+        `${k.ageDays}d`,
+        k.kekId,
+        formatCount(k.values),
+        Object.entries(k.valuesByColumn)
+          .map(([c, n]) => `${c}: ${formatCount(n)}`)
+          .join('\n'),
+      ]),
+    ),
+  );
+  out.push('');
+  const b = r.lastBackup;
+  out.push(
+    b ? `last backup: job ${b.jobId}, ${formatTime(b.finishedAt)} (${b.ageHours}h ago)${b.file ? `, ${b.file}` : ''}` : 'last backup: none recorded',
+  );
+  const h = r.headroom;
+  out.push(
+    h.freeBytes === null
+      ? `disk headroom: unknown (${h.reason}); a rotation needs ${formatBytes(h.requiredBytes)}`
+      : `disk headroom: ${formatBytes(h.freeBytes)} free on ${h.dataDirectory}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}) ${h.ok ? io.ok('ok') : io.bad('NOT ENOUGH')}`,
+  );
+  if (r.recentJobs.length) {
+    out.push('');
+    out.push('recent jobs');
+    out.push(
+      renderTable(
+        io,
+        ['id', 'kind', 'state', 'versions', 'rows', 'started', 'finished'],
+        r.recentJobs.map((j) => [
+          j.id,
+          j.kind,
+          j.state,
+          j.to_version ? `${j.from_version ?? ''}→${j.to_version}` : '',
+          j.rows_total !== null ? `${formatCount(j.rows_done)}/${formatCount(j.rows_total)}` : formatCount(j.rows_done || null),
+          formatTime(j.started_at),
+          formatTime(j.finished_at),
+        ]),
+      ),
+    );
+  }
+  out.push('');
+  if (r.attention.length) {
+    out.push(io.bad('needs attention:'));
+    for (const a of r.attention) out.push(`  - ${a}`);
+  } else {
+    out.push(io.ok('nothing needs attention'));
+  }
+  return out.join('\n');
+}

@@ -1,0 +1,92 @@
+/** What every command gets: parsed global options, streams, a lazily opened pool, a stop signal. */
+import { Command } from 'commander';
+import { Pool } from 'pg';
+import { createPool, resolveConnectionConfig } from '../db/connection';
+import { isLocalHost } from '../core/headroom';
+import { IOStreams } from './io';
+
+export interface GlobalOptions {
+  databaseUrl?: string;
+  json?: boolean;
+  yes?: boolean;
+  masterKeyFile?: string;
+  quiet?: boolean;
+  verbose?: boolean;
+  color?: boolean;
+  profile?: string;
+}
+
+export class CommandContext {
+  readonly io: IOStreams;
+  private poolInstance: Pool | undefined;
+  private readonly abort = new AbortController();
+  private interruptible = false;
+
+  constructor(
+    readonly command: string,
+    readonly globals: GlobalOptions,
+  ) {
+    this.io = new IOStreams({
+      json: globals.json,
+      quiet: globals.quiet,
+      verbose: globals.verbose,
+      color: globals.color,
+      yes: globals.yes,
+    });
+  }
+
+  /** The pool, opened on first use with application_name alation-keys/<command>. */
+  get pool(): Pool {
+    if (!this.poolInstance) {
+      this.poolInstance = createPool({ databaseUrl: this.globals.databaseUrl, command: this.command, max: 6 });
+    }
+    return this.poolInstance;
+  }
+
+  /** Whether the server is on this host, so its data directory can be looked at. */
+  get serverIsLocal(): boolean {
+    const cfg = resolveConnectionConfig({ databaseUrl: this.globals.databaseUrl, command: this.command });
+    let host = cfg.host ?? process.env.PGHOST;
+    if (cfg.connectionString) {
+      try {
+        const u = new URL(cfg.connectionString);
+        host = u.hostname ? decodeURIComponent(u.hostname) : (u.searchParams.get('host') ?? process.env.PGHOST);
+      } catch {
+        /* validated earlier */
+      }
+    }
+    return isLocalHost(host?.replace(/^\[|\]$/g, ''));
+  }
+
+  get providerOptions() {
+    return { masterKeyFile: this.globals.masterKeyFile, awsProfile: this.globals.profile };
+  }
+
+  /** The command checkpoints on SIGINT/SIGTERM instead of exiting at once. */
+  handleInterrupts(): AbortSignal {
+    this.interruptible = true;
+    return this.abort.signal;
+  }
+
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  /** Called by main's signal handler; returns false when the process should exit now. */
+  interrupt(): boolean {
+    if (!this.interruptible || this.abort.signal.aborted) return false;
+    this.abort.abort();
+    return true;
+  }
+
+  async close(): Promise<void> {
+    const pool = this.poolInstance;
+    this.poolInstance = undefined;
+    if (pool) await pool.end().catch(() => undefined);
+  }
+}
+
+export type CommandAction = (ctx: CommandContext, args: string[], opts: Record<string, any>) => Promise<void>;
+
+/** Set by main: runs an action with a context and cleans up after it. */
+export type Runner = (name: string, cmd: Command, action: CommandAction) => (...args: any[]) => Promise<void>;

@@ -1,0 +1,63 @@
+/** `init`: create or migrate the schema, the installation id, the master key file, DEK v1. */
+import { randomUUID } from 'node:crypto';
+import { Pool } from 'pg';
+import { ProviderError } from '../errors';
+import { migrate, LATEST_SCHEMA_VERSION } from '../db/migrations';
+import { withTransaction } from '../db/transaction';
+import { createKeyProvider } from '../kms';
+import { createMasterKeyFile, masterKeyFileExists, resolveMasterKeyPath } from '../kms/master-key-file';
+import { addPrimaryDataKey, readKeyring } from './keyring';
+import { ensureSetting, readSettings } from './settings';
+
+export interface InitResult {
+  schemaVersion: number;
+  migrationsApplied: number[];
+  installationId: string;
+  kekProvider: string;
+  masterKeyFile: string | null;
+  masterKeyFileCreated: boolean;
+  dataKeyCreated: number | null;
+  changed: boolean;
+}
+
+export async function initialise(pool: Pool, opts: { masterKeyFile?: string } = {}): Promise<InitResult> {
+  const migrationsApplied = await migrate(pool);
+  return withTransaction(pool, async (client) => {
+    await client.query('LOCK TABLE alation_keys.keyring IN SHARE ROW EXCLUSIVE MODE');
+    const before = await readSettings(client);
+    const installationId = await ensureSetting(client, 'installation_id', randomUUID());
+    const kekProvider = await ensureSetting(client, 'kek_provider', 'local');
+    const settings = await readSettings(client);
+    const keys = await readKeyring(client);
+    let masterKeyFile: string | null = null;
+    let masterKeyFileCreated = false;
+    if (kekProvider === 'local') {
+      masterKeyFile = resolveMasterKeyPath(opts.masterKeyFile);
+      if (!masterKeyFileExists(masterKeyFile)) {
+        if (keys.some((k) => k.kek_provider === 'local' && k.state !== 'destroyed')) {
+          throw new ProviderError(`master key file ${masterKeyFile} does not exist, but the keyring has data keys wrapped under it`, {
+            hint: 'restore the master key file from your key backup, or pass --master-key-file with its path',
+          });
+        }
+        createMasterKeyFile(masterKeyFile);
+        masterKeyFileCreated = true;
+      }
+    }
+    let dataKeyCreated: number | null = null;
+    if (keys.length === 0) {
+      const provider = createKeyProvider(settings, opts);
+      dataKeyCreated = (await addPrimaryDataKey(client, provider)).version;
+    }
+    return {
+      schemaVersion: LATEST_SCHEMA_VERSION,
+      migrationsApplied,
+      installationId,
+      kekProvider,
+      masterKeyFile,
+      masterKeyFileCreated,
+      dataKeyCreated,
+      changed:
+        migrationsApplied.length > 0 || masterKeyFileCreated || dataKeyCreated !== null || before.installation_id === undefined,
+    };
+  });
+}

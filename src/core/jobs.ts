@@ -1,0 +1,136 @@
+/** Job records (SPEC 4.3). Never holds key material or secrets. */
+import * as os from 'node:os';
+import { Pool } from 'pg';
+import { UsageError } from '../errors';
+import { Queryable } from '../db/transaction';
+import { MAINTENANCE_LOCK } from '../db/transaction';
+
+export type JobState = 'running' | 'succeeded' | 'failed' | 'interrupted';
+
+export interface JobRecord {
+  id: number;
+  kind: string;
+  state: JobState;
+  started_at: Date;
+  finished_at: Date | null;
+  actor: string;
+  from_version: number | null;
+  to_version: number | null;
+  rows_total: number | null;
+  rows_done: number;
+  bytes_done: number;
+  detail: Record<string, any>;
+  error: string | null;
+  updated_at: Date;
+}
+
+const JOB_COLUMNS = `id::int AS id, kind, state, started_at, finished_at, actor, from_version, to_version,
+  rows_total::float8 AS rows_total, rows_done::float8 AS rows_done, bytes_done::float8 AS bytes_done, detail, error, updated_at`;
+
+export function currentActor(): string {
+  let user = 'unknown';
+  try {
+    user = os.userInfo().username;
+  } catch {
+    user = process.env.USER ?? 'unknown';
+  }
+  const sudo = process.env.SUDO_USER ? ` (sudo by ${process.env.SUDO_USER})` : '';
+  return `${user}@${os.hostname()}${sudo}`;
+}
+
+export async function createJob(
+  db: Queryable,
+  job: { kind: string; fromVersion?: number | null; toVersion?: number | null; rowsTotal?: number | null; detail?: object },
+): Promise<JobRecord> {
+  const r = await db.query<JobRecord>(
+    `INSERT INTO alation_keys.jobs (kind, state, actor, from_version, to_version, rows_total, detail)
+     VALUES ($1, 'running', $2, $3, $4, $5, $6::jsonb) RETURNING ${JOB_COLUMNS}`,
+    [job.kind, currentActor(), job.fromVersion ?? null, job.toVersion ?? null, job.rowsTotal ?? null, JSON.stringify(job.detail ?? {})],
+  );
+  return r.rows[0];
+}
+
+export async function finishJob(db: Queryable, id: number, state: Exclude<JobState, 'running'>, error?: string, detail?: object): Promise<void> {
+  await db.query(
+    `UPDATE alation_keys.jobs SET state = $2, finished_at = now(), updated_at = now(), error = $3,
+            detail = CASE WHEN $4::jsonb IS NULL THEN detail ELSE detail || $4::jsonb END
+      WHERE id = $1`,
+    [id, state, error ?? null, detail ? JSON.stringify(detail) : null],
+  );
+}
+
+/** Reopens an interrupted or crashed job for resumption. */
+export async function reopenJob(db: Queryable, id: number): Promise<void> {
+  await db.query(`UPDATE alation_keys.jobs SET state = 'running', finished_at = NULL, error = NULL, updated_at = now() WHERE id = $1`, [id]);
+}
+
+export async function getJob(db: Queryable, id: number): Promise<JobRecord | undefined> {
+  const r = await db.query<JobRecord>(`SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE id = $1`, [id]);
+  return r.rows[0];
+}
+
+export async function requireJob(db: Queryable, idText: string): Promise<JobRecord> {
+  if (!/^\d{1,18}$/.test(idText)) throw new UsageError(`job id must be a positive whole number, got "${idText}"`);
+  const job = await getJob(db, Number(idText));
+  if (!job) throw new UsageError(`there is no job ${idText}`, { hint: 'see `alation-keys jobs list`' });
+  return job;
+}
+
+export async function listJobs(db: Queryable, opts: { limit?: number; kind?: string } = {}): Promise<JobRecord[]> {
+  const r = await db.query<JobRecord>(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE ($1::text IS NULL OR kind = $1) ORDER BY id DESC LIMIT $2`,
+    [opts.kind ?? null, opts.limit ?? 20],
+  );
+  return r.rows;
+}
+
+export async function lastSucceededJob(db: Queryable, kind: string): Promise<JobRecord | undefined> {
+  const r = await db.query<JobRecord>(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE kind = $1 AND state = 'succeeded' ORDER BY finished_at DESC LIMIT 1`,
+    [kind],
+  );
+  return r.rows[0];
+}
+
+/**
+ * Marks `running` jobs whose process is gone (no session holds the maintenance lock) as
+ * interrupted, so history tells the truth after a kill -9 or a database restart.
+ */
+export async function markOrphanedJobs(db: Queryable, opts: { holdingLock?: boolean } = {}): Promise<number> {
+  if (opts.holdingLock) {
+    // We hold the lock ourselves, so no other job can be running.
+    const r = await db.query(
+      `UPDATE alation_keys.jobs SET state = 'interrupted', finished_at = coalesce(finished_at, updated_at), updated_at = now(),
+              error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')
+        WHERE state = 'running'`,
+    );
+    return r.rowCount ?? 0;
+  }
+  const r = await db.query(
+    `UPDATE alation_keys.jobs SET state = 'interrupted', finished_at = coalesce(finished_at, updated_at), updated_at = now(),
+            error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')
+      WHERE state = 'running'
+        AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid
+                          AND objid = $2::int::oid AND objsubid = 2 AND granted)`,
+    [MAINTENANCE_LOCK[0], MAINTENANCE_LOCK[1]],
+  );
+  return r.rowCount ?? 0;
+}
+
+/** A human description of the job holding the maintenance lock, for lock-conflict errors. */
+export async function describeLockHolder(pool: Pool, pid: number | undefined): Promise<string> {
+  const running = await pool.query<JobRecord>(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE state = 'running' ORDER BY id DESC LIMIT 1`,
+  );
+  const job = running.rows[0];
+  const proc = pid
+    ? (await pool.query<{ application_name: string; client_addr: string | null }>(
+        'SELECT application_name, client_addr::text FROM pg_stat_activity WHERE pid = $1',
+        [pid],
+      )).rows[0]
+    : undefined;
+  const parts: string[] = [];
+  if (job) parts.push(`job ${job.id} (${job.kind}, started ${job.started_at.toISOString()} by ${job.actor})`);
+  if (proc) parts.push(`${proc.application_name || 'a session'}, backend pid ${pid}`);
+  return parts.join(', ') || `backend pid ${pid ?? 'unknown'}`;
+}

@@ -1,0 +1,118 @@
+/**
+ * The value envelope, format v1 (SPEC section 3). Pure functions: no I/O.
+ *
+ *   0  2  magic "AK"
+ *   2  1  format version 0x01
+ *   3  4  DEK version, uint32 big-endian
+ *   7  12 nonce
+ *  19  n  AES-256-GCM ciphertext
+ * 19+n 16 GCM tag
+ *
+ * AAD = the 7-byte header followed by the UTF-8 bytes of the column context.
+ */
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+
+export const ENVELOPE_MAGIC = Buffer.from('AK', 'latin1');
+export const ENVELOPE_FORMAT_V1 = 0x01;
+export const HEADER_LENGTH = 7;
+export const NONCE_LENGTH = 12;
+export const TAG_LENGTH = 16;
+/** Header plus nonce: the prefix that identifies one encryption of one value. */
+export const ENVELOPE_PREFIX_LENGTH = HEADER_LENGTH + NONCE_LENGTH;
+export const ENVELOPE_OVERHEAD = ENVELOPE_PREFIX_LENGTH + TAG_LENGTH;
+export const TEXT_PREFIX = 'ak1:';
+export const DEK_LENGTH = 32;
+
+export type Storage = 'bytea' | 'text';
+
+/** Why a byte string is not a usable envelope. */
+export class EnvelopeFormatError extends Error {}
+/** The envelope is well formed but did not authenticate under the key and context. */
+export class EnvelopeAuthError extends Error {}
+
+export function envelopeHeader(dekVersion: number): Buffer {
+  if (!Number.isInteger(dekVersion) || dekVersion < 1 || dekVersion > 0xffffffff) {
+    throw new RangeError(`DEK version must be an integer from 1 to 4294967295, got ${dekVersion}`);
+  }
+  const header = Buffer.allocUnsafe(HEADER_LENGTH);
+  header[0] = 0x41;
+  header[1] = 0x4b;
+  header[2] = ENVELOPE_FORMAT_V1;
+  header.writeUInt32BE(dekVersion, 3);
+  return header;
+}
+
+function additionalData(header: Buffer, context: string): Buffer {
+  return context.length === 0 ? header : Buffer.concat([header, Buffer.from(context, 'utf8')]);
+}
+
+/** Encrypts plaintext bytes into a binary envelope. `nonce` is for test vectors only. */
+export function sealEnvelope(dek: Buffer, dekVersion: number, plaintext: Buffer, context: string, nonce?: Buffer): Buffer {
+  if (dek.length !== DEK_LENGTH) throw new RangeError('a data key is 32 bytes');
+  const iv = nonce ?? randomBytes(NONCE_LENGTH);
+  if (iv.length !== NONCE_LENGTH) throw new RangeError('a nonce is 12 bytes');
+  const header = envelopeHeader(dekVersion);
+  const cipher = createCipheriv('aes-256-gcm', dek, iv, { authTagLength: TAG_LENGTH });
+  cipher.setAAD(additionalData(header, context));
+  const out = Buffer.allocUnsafe(ENVELOPE_OVERHEAD + plaintext.length);
+  header.copy(out, 0);
+  iv.copy(out, HEADER_LENGTH);
+  let offset = ENVELOPE_PREFIX_LENGTH;
+  const body = cipher.update(plaintext);
+  body.copy(out, offset);
+  offset += body.length;
+  const rest = cipher.final();
+  rest.copy(out, offset);
+  offset += rest.length;
+  cipher.getAuthTag().copy(out, offset);
+  return out;
+}
+
+/** Reads the DEK version from a binary envelope, checking magic, format and length. */
+export function envelopeVersion(envelope: Buffer): number {
+  if (envelope.length < ENVELOPE_OVERHEAD) {
+    throw new EnvelopeFormatError(`envelope too short (${envelope.length} bytes, at least ${ENVELOPE_OVERHEAD})`);
+  }
+  if (envelope[0] !== 0x41 || envelope[1] !== 0x4b) throw new EnvelopeFormatError('not an envelope (bad magic)');
+  if (envelope[2] !== ENVELOPE_FORMAT_V1) throw new EnvelopeFormatError(`unknown envelope format version ${envelope[2]}`);
+  return envelope.readUInt32BE(3);
+}
+
+/** Decrypts a binary envelope with the DEK it names; always checks the full 16-byte tag. */
+export function openEnvelope(dek: Buffer, envelope: Buffer, context: string): Buffer {
+  envelopeVersion(envelope);
+  const header = envelope.subarray(0, HEADER_LENGTH);
+  const iv = envelope.subarray(HEADER_LENGTH, ENVELOPE_PREFIX_LENGTH);
+  const tag = envelope.subarray(envelope.length - TAG_LENGTH);
+  const decipher = createDecipheriv('aes-256-gcm', dek, iv, { authTagLength: TAG_LENGTH });
+  decipher.setAAD(additionalData(header, context));
+  decipher.setAuthTag(tag);
+  const body = decipher.update(envelope.subarray(ENVELOPE_PREFIX_LENGTH, envelope.length - TAG_LENGTH));
+  try {
+    const rest = decipher.final();
+    return rest.length === 0 ? body : Buffer.concat([body, rest]);
+  } catch {
+    throw new EnvelopeAuthError('authentication failed (wrong key, wrong context or modified value)');
+  }
+}
+
+/** `ak1:` + standard base64 with padding, as stored in a text column. */
+export function envelopeToText(envelope: Buffer): string {
+  return TEXT_PREFIX + envelope.toString('base64');
+}
+
+const BASE64_STRICT = /^[A-Za-z0-9+/]*={0,2}$/;
+
+export function envelopeFromText(value: string): Buffer {
+  if (!value.startsWith(TEXT_PREFIX)) throw new EnvelopeFormatError('not an envelope (text value without the ak1: prefix)');
+  const body = value.slice(TEXT_PREFIX.length);
+  if (body.length % 4 !== 0 || !BASE64_STRICT.test(body)) throw new EnvelopeFormatError('not an envelope (malformed base64)');
+  const bytes = Buffer.from(body, 'base64');
+  if (bytes.toString('base64') !== body) throw new EnvelopeFormatError('not an envelope (non-canonical base64)');
+  return bytes;
+}
+
+/** The DEK version of a stored value (bytea or text storage) without decrypting it. */
+export function storedValueVersion(value: Buffer | string): number {
+  return envelopeVersion(typeof value === 'string' ? envelopeFromText(value) : value);
+}

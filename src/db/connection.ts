@@ -1,0 +1,67 @@
+/**
+ * Connection settings. Precedence: --database-url, then $ALATION_KEYS_DATABASE_URL,
+ * then libpq's PG* variables as pg reads them, with database `rosemeta` when none is named.
+ */
+import { Client, ClientConfig, Pool, PoolConfig } from 'pg';
+import { UsageError } from '../errors';
+
+export interface ConnectionOptions {
+  databaseUrl?: string;
+  /** The command, shown to DBAs as application_name `alation-keys/<command>`. */
+  command?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export const DEFAULT_DATABASE = 'rosemeta';
+
+export function resolveConnectionConfig(opts: ConnectionOptions = {}): ClientConfig {
+  const env = opts.env ?? process.env;
+  const applicationName = `alation-keys/${opts.command ?? 'library'}`;
+  const url = opts.databaseUrl ?? env.ALATION_KEYS_DATABASE_URL;
+  if (url) {
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw new UsageError('the database URL is not a valid URL', {
+        hint: 'use postgresql://USER@HOST:PORT/DATABASE (put the password in PGPASSWORD or ~/.pgpass, not the URL)',
+      });
+    }
+    if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
+      throw new UsageError(`the database URL must start with postgresql:// (got ${parsed.protocol}//)`);
+    }
+    const config: ClientConfig = { connectionString: url, application_name: applicationName };
+    if (parsed.pathname === '' || parsed.pathname === '/') config.database = env.PGDATABASE || DEFAULT_DATABASE;
+    return config;
+  }
+  return { database: env.PGDATABASE || DEFAULT_DATABASE, application_name: applicationName };
+}
+
+/** Same as resolveConnectionConfig but with the password left out: safe to print. */
+export function describeConnection(config: ClientConfig): string {
+  if (config.connectionString) {
+    try {
+      const u = new URL(config.connectionString);
+      u.password = '';
+      return u.toString();
+    } catch {
+      return '(unparseable URL)';
+    }
+  }
+  const env = process.env;
+  return `host=${env.PGHOST ?? 'localhost'} port=${env.PGPORT ?? 5432} user=${env.PGUSER ?? env.USER ?? ''} dbname=${config.database}`;
+}
+
+export function createPool(opts: ConnectionOptions & { max?: number } = {}): Pool {
+  const config: PoolConfig = { ...resolveConnectionConfig(opts), max: opts.max ?? 4, idleTimeoutMillis: 10_000 };
+  const pool = new Pool(config);
+  // An idle client losing its connection (database restart) must not crash the process.
+  pool.on('error', () => undefined);
+  return pool;
+}
+
+export function createClient(opts: ConnectionOptions = {}): Client {
+  const client = new Client(resolveConnectionConfig(opts));
+  client.on('error', () => undefined);
+  return client;
+}
