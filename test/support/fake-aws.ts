@@ -297,7 +297,6 @@ class FakeAwsServer implements FakeAws {
         if (!res.headersSent && !res.destroyed) sendJson(res, 500, { message: String(err) });
       });
     });
-    this.http.keepAliveTimeout = 5000;
   }
 
   listen(port: number): Promise<void> {
@@ -958,7 +957,7 @@ export function fakeAwsAdmin<T = unknown>(endpoint: string, method: string, args
 // Ciphertext blobs: version(1) | key uuid(16) | nonce(12) | tag(16) | ciphertext
 // ---------------------------------------------------------------------------
 
-interface Blob {
+interface SealedBlob {
   keyId: string;
   nonce: Buffer;
   tag: Buffer;
@@ -979,7 +978,7 @@ function seal(key: Key, plaintext: Buffer, context: Record<string, string>): Buf
   return Buffer.concat([Buffer.from([BLOB_VERSION]), uuid, nonce, cipher.getAuthTag(), ciphertext]);
 }
 
-function parseBlob(buf: Buffer): Blob | undefined {
+function parseBlob(buf: Buffer): SealedBlob | undefined {
   const header = 1 + 16 + NONCE_BYTES + TAG_BYTES;
   if (buf.length <= header || buf[0] !== BLOB_VERSION) return undefined;
   const hex = buf.subarray(1, 17).toString('hex');
@@ -991,7 +990,7 @@ function parseBlob(buf: Buffer): Blob | undefined {
   };
 }
 
-function open(key: Key, blob: Blob, context: Record<string, string>): Buffer | undefined {
+function open(key: Key, blob: SealedBlob, context: Record<string, string>): Buffer | undefined {
   try {
     const decipher = crypto.createDecipheriv('aes-256-gcm', key.material, blob.nonce);
     decipher.setAAD(canonicalContext(context));
