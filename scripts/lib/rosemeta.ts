@@ -183,7 +183,7 @@ export async function verifyRosemeta(
     let after = -1;
     for (;;) {
       const r = await pool.query<{ id: string; v: string | Buffer | null }>(
-        `SELECT id::text AS id, ${col} AS v FROM ${table} WHERE id > $1 ORDER BY id LIMIT 2000`,
+        `SELECT id, ${col} AS v FROM ${table} WHERE id > $1 ORDER BY id LIMIT 2000`,
         [after],
       );
       if (r.rows.length === 0) break;

