@@ -5,6 +5,7 @@ import * as columns from './columns';
 import * as status from './status';
 import * as jobs from './jobs';
 import * as keys from './keys';
+import * as rotate from './rotate';
 
 /** Every command, in the order `--help` lists them. */
 export function registerCommands(program: Command, run: Runner): void {
@@ -13,4 +14,5 @@ export function registerCommands(program: Command, run: Runner): void {
   status.register(program, run);
   jobs.register(program, run);
   keys.register(program, run);
+  rotate.register(program, run);
 }

@@ -1,0 +1,198 @@
+import { Command } from 'commander';
+import { formatBytes } from '../../core/headroom';
+import { ColumnProgress, DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rotate';
+import { createPool } from '../../db/connection';
+import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rotation/util';
+import { Runner } from '../context';
+import { IOStreams, Progress } from '../io';
+import { formatCount, renderTable } from '../render';
+
+export function register(program: Command, run: Runner): void {
+  const cmd = program
+    .command('rotate')
+    .description('new data key, then re-encrypt every registered column under it (online, resumable); resumes an interrupted rotation')
+    .option('--dry-run', 'print the plan (rows and bytes per version, disk, estimated duration) and change nothing')
+    .option('--if-older-than <duration>', 'rotate only when the primary data key is older than this (e.g. 90d); else exit 0 "not due"')
+    .option('--workers <n>', 'columns rewritten in parallel, each on its own connections', '1')
+    .option('--batch-size <n>', 'values per chunk (one transaction each)', String(DEFAULT_BATCH_SIZE))
+    .option('--max-rate <rows/s>', 'throttle: at most this many values per second')
+    .option('--max-backup-age <duration>', 'a successful backup younger than this is required', '24h')
+    .option('--skip-backup-check', 'rotate without a recent backup')
+    .option('--backup', 'take a backup first (under the same lock)')
+    .option('--backup-dir <dir>', 'where --backup writes (else $ALATION_KEYS_BACKUP_DIR, else /var/backups/alation-keys)')
+    .option('--data-dir <path>', "the server's data directory as mounted on this host, for the disk headroom check")
+    .option('--skip-disk-check', 'rotate without the disk headroom check (free ≥ 1.5 × database size)')
+    .option('--settle-time <duration>', 'wait at least this long after the new key is published before the final count (application instances re-read the keyring every 30 s)', '35s');
+  cmd.action(
+    run('rotate', cmd, async (ctx, _args, opts) => {
+      const workers = parsePositiveInt(opts.workers, '--workers', 64);
+      const batchSize = parsePositiveInt(opts.batchSize, '--batch-size', 1_000_000);
+      const maxRate = opts.maxRate !== undefined ? parsePositiveNumber(opts.maxRate, '--max-rate') : undefined;
+      const maxBackupAgeMs = parseDuration(opts.maxBackupAge, '--max-backup-age');
+      const ifOlderThanMs = opts.ifOlderThan !== undefined ? parseDuration(opts.ifOlderThan, '--if-older-than') : undefined;
+      const settleMs = /^\s*0+\s*$/.test(String(opts.settleTime)) ? 0 : parseDuration(opts.settleTime, '--settle-time');
+      const signal = ctx.handleInterrupts();
+      const pool = createPool({ databaseUrl: ctx.globals.databaseUrl, command: 'rotate', max: 2 * workers + 6 });
+      const display = new ProgressDisplay(ctx.io);
+      try {
+        const result = await rotate(
+          pool,
+          {
+            dryRun: !!opts.dryRun,
+            ifOlderThanMs,
+            workers,
+            batchSize,
+            maxRate,
+            maxBackupAgeMs,
+            skipBackupCheck: !!opts.skipBackupCheck,
+            backup: !!opts.backup,
+            backupDir: opts.backupDir,
+            dataDir: opts.dataDir,
+            skipDiskCheck: !!opts.skipDiskCheck,
+            serverIsLocal: ctx.serverIsLocal,
+            settleMs,
+            providerOptions: ctx.providerOptions,
+            databaseUrl: ctx.globals.databaseUrl,
+            signal,
+          },
+          display.events(),
+        );
+        display.stop();
+        if (ctx.globals.json) return ctx.io.printJson(result);
+        if (result.result === 'not-due') {
+          ctx.io.print(
+            `not due: primary data key v${result.primaryVersion} is ${formatDuration(result.primaryAgeSeconds * 1000)} old (rotate when older than ${formatDuration(result.ifOlderThanSeconds * 1000)})`,
+          );
+        } else if (result.result === 'dry-run') {
+          ctx.io.print(renderPlan(ctx.io, result));
+        } else {
+          ctx.io.print(renderSummary(ctx.io, result));
+        }
+      } catch (err) {
+        display.fail();
+        throw err;
+      } finally {
+        await pool.end().catch(() => undefined);
+      }
+    }),
+  );
+}
+
+const MB = 1024 * 1024;
+
+function describe(p: ColumnProgress): string {
+  const pct = p.rowsTotal > 0 ? ` ${Math.min(100, Math.floor(((p.rowsDone + p.skipped) / p.rowsTotal) * 100))}%` : '';
+  const eta = p.etaSeconds !== null && p.etaSeconds > 0 ? `, ETA ${formatDuration(p.etaSeconds * 1000)}` : '';
+  const skipped = p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : '';
+  return `${p.column}${p.pass > 1 ? ` (pass ${p.pass})` : ''}:${pct} ${formatCount(p.rowsDone)}/${formatCount(p.rowsTotal)} values, ${(p.bytesDone / MB).toFixed(1)} MB, ${formatCount(Math.round(p.rowsPerSecond))} values/s${eta}${skipped}`;
+}
+
+/** One spinner on a terminal (a line per active column), log lines elsewhere. */
+class ProgressDisplay {
+  private progress: Progress | undefined;
+  private active = new Map<string, ColumnProgress>();
+  constructor(private readonly io: IOStreams) {}
+
+  private bar(): Progress {
+    if (!this.progress) this.progress = this.io.progress('rotating');
+    return this.progress;
+  }
+
+  private render(): void {
+    this.bar().update([...this.active.values()].map(describe).join(this.io.stderrIsTTY ? '\n  ' : ' | '));
+  }
+
+  events() {
+    return {
+      info: (m: string) => (this.progress ? this.progress.log(m) : this.io.info(m)),
+      warn: (m: string) => (this.progress ? this.progress.log(`warning: ${m}`) : this.io.warn(m)),
+      columnStart: (p: ColumnProgress) => {
+        this.active.set(p.column, p);
+        this.bar().log(`${p.column}: pass ${p.pass}, ${formatCount(Math.max(p.rowsTotal - p.rowsDone - p.skipped, 0))} value(s) to go`);
+        this.render();
+      },
+      progress: (p: ColumnProgress) => {
+        this.active.set(p.column, p);
+        this.render();
+      },
+      columnDone: (p: ColumnProgress) => {
+        this.active.delete(p.column);
+        this.bar().log(`${p.column}: done, ${formatCount(p.rowsDone)} value(s), ${(p.bytesDone / MB).toFixed(1)} MB${p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : ''}`);
+        if (this.active.size) this.render();
+      },
+    };
+  }
+
+  stop(): void {
+    this.progress?.stop();
+  }
+
+  fail(): void {
+    this.progress?.stop();
+  }
+}
+
+function versionsLine(v: Record<string, number>): string {
+  const e = Object.entries(v);
+  return e.length ? e.map(([k, n]) => `v${k}: ${formatCount(n)}`).join(', ') : 'none';
+}
+
+function renderSummary(io: IOStreams, s: RotateSummary): string {
+  const out: string[] = [];
+  out.push(io.ok(`rotation job ${s.jobId} succeeded${s.resumed ? ' (resumed)' : ''}: data key v${s.toVersion} is primary, KEK ${s.kekId}`));
+  out.push(`values per version before: ${versionsLine(s.valuesBefore)}`);
+  out.push(`values per version after:  ${versionsLine(s.valuesAfter)}`);
+  out.push(`retired: ${s.retiredVersions.length ? s.retiredVersions.map((v) => `v${v}`).join(', ') : 'none'} (kept for old backups, never destroyed by rotate)`);
+  if (s.columns.length) {
+    out.push(
+      renderTable(
+        io,
+        ['column', 'storage', 'values', 'MB', 'changed meanwhile', 'passes'],
+        s.columns.map((c) => [c.column, c.storage, formatCount(c.rows), (c.bytes / MB).toFixed(1), formatCount(c.skippedConcurrent), c.passes]),
+      ),
+    );
+  }
+  out.push(
+    `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${s.passes} pass(es), ${s.vacuums} vacuum(s)`,
+  );
+  out.push(`recommended: ${s.recommendation}`);
+  return out.join('\n');
+}
+
+function renderPlan(io: IOStreams, p: RotatePlan): string {
+  const out: string[] = [];
+  out.push(
+    p.resumableJob
+      ? `dry run: would resume job ${p.resumableJob.id} (v${p.resumableJob.fromVersion}→v${p.resumableJob.toVersion}, ${p.resumableJob.state})`
+      : `dry run: would create data key v${p.newVersion} (primary now v${p.primaryVersion}, provider ${p.provider}) and re-encrypt:`,
+  );
+  out.push(
+    renderTable(
+      io,
+      ['column', 'storage', 'values to rewrite', 'MB', 'per version'],
+      p.columns.map((c) => [
+        c.column,
+        c.storage,
+        formatCount(c.rows),
+        (c.bytes / MB).toFixed(1),
+        c.perVersion.map((v) => `v${v.version ?? '?'}: ${formatCount(v.values)}`).join(', '),
+      ]),
+    ),
+  );
+  const h = p.headroom;
+  out.push(
+    `disk: needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}), free ${h.freeBytes === null ? `unknown (${h.reason})` : formatBytes(h.freeBytes)}`,
+  );
+  out.push(p.backup ? `last backup: job ${p.backup.jobId}, ${p.backup.ageHours}h ago` : 'last backup: none recorded');
+  out.push(
+    `estimated duration: ${p.estimatedSeconds === null ? 'unknown' : formatDuration(p.estimatedSeconds * 1000)} (from a sample of ${formatCount(p.sample.rows)} values in ${p.sample.seconds}s)`,
+  );
+  if (p.preflight.length) {
+    out.push(io.bad('would refuse now:'));
+    for (const x of p.preflight) out.push(`  - ${x}`);
+  } else {
+    out.push(io.ok('preflight: ok'));
+  }
+  out.push('nothing was changed');
+  return out.join('\n');
+}

@@ -1,0 +1,156 @@
+/**
+ * What a rotation works on: each registered column with its walk key and key types, the SQL
+ * that reads a page and writes a chunk, and counts of values per DEK version.
+ */
+import { Queryable, qualifiedName, quoteIdent } from '../../db/transaction';
+import { PreconditionError } from '../../errors';
+import { EncryptedColumn } from '../columns';
+import { formatColumnName } from '../identifiers';
+import { versionExpr } from '../value-sql';
+
+export interface ColumnPlan {
+  col: EncryptedColumn;
+  /** schema.table.column as the operator writes it. */
+  name: string;
+  /** "schema"."table" */
+  table: string;
+  keyColumns: string[];
+  /** format_type of each key column, used to cast the text form back. */
+  keyTypes: string[];
+  /** Stable per-run index, used to name the staging table. */
+  index: number;
+}
+
+export interface VersionCount {
+  version: number | null;
+  values: number;
+  bytes: number;
+}
+
+export async function planColumn(db: Queryable, col: EncryptedColumn, index: number): Promise<ColumnPlan> {
+  const r = await db.query<{ attname: string; type: string }>(
+    `SELECT a.attname::text AS attname, format_type(a.atttypid, a.atttypmod) AS type
+       FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = $1 AND c.relname = $2 AND a.attname = ANY($3::text[]) AND a.attnum > 0 AND NOT a.attisdropped`,
+    [col.table_schema, col.table_name, col.key_columns],
+  );
+  const types = new Map(r.rows.map((row) => [row.attname, row.type]));
+  const name = formatColumnName(col);
+  const missing = col.key_columns.filter((k) => !types.has(k));
+  if (missing.length) {
+    throw new PreconditionError(`key column(s) ${missing.join(', ')} of ${name} no longer exist`, {
+      hint: 'remove and re-add the column with `alation-keys columns remove/add` so its walk key is found again',
+    });
+  }
+  return {
+    col,
+    name,
+    table: qualifiedName(col.table_schema, col.table_name),
+    keyColumns: col.key_columns,
+    keyTypes: col.key_columns.map((k) => types.get(k)!),
+    index,
+  };
+}
+
+/** Row-constructor of the key columns, qualified by `alias`. */
+export function keyTuple(p: ColumnPlan, alias = ''): string {
+  const a = alias ? alias + '.' : '';
+  const cols = p.keyColumns.map((k) => a + quoteIdent(k));
+  return cols.length === 1 ? cols[0] : `(${cols.join(', ')})`;
+}
+
+/** Literal row-constructor of key values (text forms cast to the key types). */
+export function keyLiteral(p: ColumnPlan, values: string[], escapeLiteral: (s: string) => string): string {
+  const parts = values.map((v, i) => `${escapeLiteral(v)}::${p.keyTypes[i]}`);
+  return parts.length === 1 ? parts[0] : `(${parts.join(', ')})`;
+}
+
+/** Parameter row-constructor ($first, $first+1, …) cast to the key types. */
+export function keyParams(p: ColumnPlan, first: number): string {
+  const parts = p.keyTypes.map((t, i) => `$${first + i}::${t}`);
+  return parts.length === 1 ? parts[0] : `(${parts.join(', ')})`;
+}
+
+/**
+ * The COPY that reads one page: keys as text, then the value, in key order, after the
+ * watermark, only values not already under `toVersion`.
+ *
+ * COPY cannot take bind parameters ($1), so the watermark is inlined as escaped literals
+ * (client.escapeLiteral) cast to the key types, and identifiers are quoted with quoteIdent.
+ */
+export function readPageSql(
+  p: ColumnPlan,
+  toVersion: number,
+  watermark: string[] | null,
+  limit: number,
+  escapeLiteral: (s: string) => string,
+): string {
+  const keys = p.keyColumns.map((k) => `${quoteIdent(k)}::text`).join(', ');
+  const v = quoteIdent(p.col.column_name);
+  const where = [`${v} IS NOT NULL`, `${versionExpr(p.col)} IS DISTINCT FROM ${Number(toVersion)}`];
+  if (watermark) where.unshift(`${keyTuple(p)} > ${keyLiteral(p, watermark, escapeLiteral)}`);
+  const order = p.keyColumns.map((k) => quoteIdent(k)).join(', ');
+  return `COPY (SELECT ${keys}, ${v} FROM ${p.table} WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
+}
+
+export function stageTableName(p: ColumnPlan): string {
+  return `alation_keys_rotate_stage_${p.index}`;
+}
+
+/** Temporary staging table for one column's chunks (dropped with the session). */
+export function createStageSql(p: ColumnPlan): string {
+  const keys = p.keyColumns.map((_, i) => `k${i} text`).join(', ');
+  const t = p.col.storage === 'bytea' ? 'bytea' : 'text';
+  return `CREATE TEMP TABLE IF NOT EXISTS ${stageTableName(p)} (${keys}, old_prefix ${t}, new_value ${t}) ON COMMIT DELETE ROWS`;
+}
+
+export function copyIntoStageSql(p: ColumnPlan): string {
+  return `COPY ${stageTableName(p)} FROM STDIN (FORMAT binary)`;
+}
+
+/** Length of the stored prefix compared before overwriting: the 19-byte header + nonce. */
+export function storedPrefixLength(p: ColumnPlan): number {
+  // Text storage: 'ak1:' + 28 base64 characters encode the first 21 bytes, covering all 19.
+  return p.col.storage === 'bytea' ? 19 : 32;
+}
+
+/**
+ * The chunk's UPDATE: a row changes only if its stored value still starts with what was read
+ * (header and random nonce), so a value the application wrote meanwhile is never overwritten.
+ * $1… are the chunk's low key values, then the high key values (a range predicate keeps the
+ * plan on the key index).
+ */
+export function updateFromStageSql(p: ColumnPlan): string {
+  const v = quoteIdent(p.col.column_name);
+  const n = p.keyColumns.length;
+  const join = p.keyColumns.map((k, i) => `t.${quoteIdent(k)} = s.k${i}::${p.keyTypes[i]}`).join(' AND ');
+  const prefixLen = storedPrefixLength(p);
+  return `UPDATE ${p.table} AS t SET ${v} = s.new_value FROM ${stageTableName(p)} AS s
+           WHERE ${join}
+             AND substring(t.${v} FROM 1 FOR ${prefixLen}) = s.old_prefix
+             AND ${keyTuple(p, 't')} >= ${keyParams(p, 1)} AND ${keyTuple(p, 't')} <= ${keyParams(p, 1 + n)}`;
+}
+
+/** Values (non-NULL) and stored bytes per DEK version (NULL version = not a well-formed envelope). */
+export async function countVersions(db: Queryable, p: ColumnPlan): Promise<VersionCount[]> {
+  const v = quoteIdent(p.col.column_name);
+  const r = await db.query<{ version: string | null; n: string; bytes: string | null }>(
+    `SELECT ${versionExpr(p.col)} AS version, count(*) AS n, sum(octet_length(${v}))::bigint AS bytes
+       FROM ${p.table} WHERE ${v} IS NOT NULL GROUP BY 1 ORDER BY 1`,
+  );
+  return r.rows.map((row) => ({ version: row.version === null ? null : Number(row.version), values: Number(row.n), bytes: Number(row.bytes ?? 0) }));
+}
+
+/** Number of non-NULL values not under `version`. */
+export async function countNotUnder(db: Queryable, p: ColumnPlan, version: number): Promise<number> {
+  const v = quoteIdent(p.col.column_name);
+  const r = await db.query<{ n: string }>(
+    `SELECT count(*) AS n FROM ${p.table} WHERE ${v} IS NOT NULL AND ${versionExpr(p.col)} IS DISTINCT FROM ${Number(version)}`,
+  );
+  return Number(r.rows[0].n);
+}
+
+export async function tableBytes(db: Queryable, p: ColumnPlan): Promise<number> {
+  const r = await db.query<{ n: string }>(`SELECT pg_total_relation_size($1::regclass)::text AS n`, [p.table]);
+  return Number(r.rows[0].n);
+}
