@@ -6,6 +6,7 @@ import * as status from './status';
 import * as jobs from './jobs';
 import * as keys from './keys';
 import * as rotate from './rotate';
+import * as byok from './byok';
 
 /** Every command, in the order `--help` lists them. */
 export function registerCommands(program: Command, run: Runner): void {
@@ -15,4 +16,5 @@ export function registerCommands(program: Command, run: Runner): void {
   jobs.register(program, run);
   keys.register(program, run);
   rotate.register(program, run);
+  byok.register(program, run);
 }

@@ -1,0 +1,167 @@
+/** `byok policy | test | onboard | offboard`: bring your own AWS KMS key. */
+import { Command } from 'commander';
+import { ProviderError, UsageError } from '../../errors';
+import {
+  applyOnboarding,
+  ByokCheck,
+  ByokFlags,
+  ByokTestReport,
+  byokPolicy,
+  ensureExternalId,
+  missingByokFlags,
+  parseByokTarget,
+  planOnboarding,
+  PolicySnippets,
+  refuseOffboarding,
+  runByokTest,
+} from '../../core/byok';
+import { readSettings } from '../../core/settings';
+import { requireInitialised } from '../../db/migrations';
+import { CommandContext, Runner } from '../context';
+import { IOStreams } from '../io';
+import { runWizard } from './byok-wizard';
+
+function flagsOf(opts: Record<string, any>): ByokFlags {
+  return { region: opts.region, keyArn: opts.keyArn, roleArn: opts.roleArn, serviceRegion: opts.serviceRegion };
+}
+
+export function renderCheck(io: IOStreams, c: ByokCheck): string {
+  const mark = c.status === 'pass' ? io.ok('✓') : c.status === 'fail' ? io.bad('✗') : c.status === 'warn' ? io.paint('33', '!') : io.paint('2', '-');
+  const lines = [`${mark} ${c.title}: ${c.detail}`];
+  if (c.fix && (c.status === 'fail' || c.status === 'warn')) lines.push(`    fix: ${c.fix}`);
+  return lines.join('\n');
+}
+
+export function renderPolicy(p: PolicySnippets): string {
+  const json = (o: object) => JSON.stringify(o, null, 2);
+  return [
+    `ExternalId of this installation: ${p.externalId}`,
+    `Trusted principal: ${p.principal}${p.principalSource === 'caller' ? ' (you, from sts:GetCallerIdentity; pass --principal to name another)' : ''}`,
+    '',
+    `1. Permission policy: attach it to the role ${p.roleArn}`,
+    json(p.permissionPolicy),
+    '',
+    '2. Trust policy of the role',
+    json(p.trustPolicy),
+    '',
+    `3. Key policy statement: add it to the Statement list of the key policy of ${p.keyArn}`,
+    json(p.keyPolicyStatement),
+  ].join('\n');
+}
+
+/** Runs the pre-flight checks, printing each as it finishes (not in --json mode). */
+async function preflight(ctx: CommandContext, flags: ByokFlags): Promise<ByokTestReport> {
+  const target = parseByokTarget(flags);
+  await requireInitialised(ctx.pool);
+  const externalId = await ensureExternalId(ctx.pool);
+  const settings = await readSettings(ctx.pool);
+  return runByokTest(target, {
+    externalId,
+    installationId: settings.installation_id!,
+    profile: ctx.providerOptions.awsProfile,
+    onCheck: (c) => ctx.io.print(renderCheck(ctx.io, c)),
+  });
+}
+
+function failTest(report: ByokTestReport): never {
+  const failed = report.checks.filter((c) => c.status === 'fail');
+  const what = failed.map((c) => c.title).join('; ');
+  if (report.badInput) throw new UsageError(`the BYOK input is inconsistent: ${failed[0]?.detail ?? what}`, { reported: true });
+  throw new ProviderError(`${failed.length} BYOK check(s) failed: ${what}`, {
+    hint: failed[0]?.fix ?? 'fix what the failed checks say, then run it again',
+    reported: true,
+  });
+}
+
+export async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace?: boolean }): Promise<void> {
+  const target = parseByokTarget(flags);
+  const plan = await planOnboarding(ctx.pool, target, { replace: opts.replace });
+  ctx.io.info(`testing ${target.key.arn} through ${target.role.arn} before onboarding`);
+  const report = await preflight(ctx, flags);
+  if (!report.ok) {
+    if (ctx.globals.json) ctx.io.printJson({ ok: false, onboarded: false, test: report });
+    failTest(report);
+  }
+  ctx.io.print('');
+  ctx.io.print(`${plan.replace ? 'Moving' : 'Onboarding'} installation ${plan.installationId} to AWS KMS key ${target.key.arn}:`);
+  ctx.io.print(`  ${plan.dataKeys} data key(s) will be re-wrapped with KMS Encrypt in one transaction (all or nothing).`);
+  ctx.io.print(ctx.io.paint('1', 'This is irreversible:'));
+  for (const s of plan.irreversible) ctx.io.print(`  - ${s}`);
+  await ctx.io.confirm(`Onboard key ${target.key.keyId}?`, { typeToConfirm: target.key.keyId });
+  const progress = ctx.io.progress('taking the maintenance lock');
+  let result;
+  try {
+    result = await applyOnboarding(ctx.pool, plan, { ...ctx.providerOptions, onProgress: (t) => progress.update(t) });
+  } catch (err) {
+    progress.fail(`onboarding failed; keyring and settings are unchanged`);
+    throw err;
+  }
+  progress.succeed(`re-wrapped ${result.rewrapped} data key(s) under ${result.keyArn}`);
+  if (ctx.globals.json) return ctx.io.printJson({ ok: true, onboarded: true, test: report, result });
+  ctx.io.print(`BYOK ${plan.replace ? 'moved to' : 'enabled with'} ${result.keyArn} (job ${result.jobId}); new data keys come from KMS GenerateDataKey.`);
+  ctx.io.print('Check it any time with `alation-keys status`.');
+}
+
+export function register(program: Command, run: Runner): void {
+  const byok = program.command('byok').description('bring your own AWS KMS key: policy snippets, validation, onboarding');
+
+  const policy = byok
+    .command('policy')
+    .description('print the IAM permission policy, trust policy and key-policy statement for the role AlationBYOKRole')
+    .option('--key-arn <arn>', 'the customer KMS key (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID)')
+    .option('--role-arn <arn>', 'the role (arn:aws:iam::ACCOUNT:role/[PATH/]AlationBYOKRole)')
+    .option('--principal <arn>', 'who may assume the role (default: the caller from sts:GetCallerIdentity)');
+  policy.action(
+    run('byok', policy, async (ctx, _args, opts) => {
+      const snippets = await byokPolicy(ctx.pool, { keyArn: opts.keyArn, roleArn: opts.roleArn, principal: opts.principal }, ctx.providerOptions);
+      if (ctx.globals.json) return ctx.io.printJson(snippets);
+      ctx.io.print(renderPolicy(snippets));
+    }),
+  );
+
+  const addTargetOptions = (cmd: Command) =>
+    cmd
+      .option('--region <region>', 'the AWS region of the key (e.g. us-east-1)')
+      .option('--key-arn <arn>', 'the customer KMS key (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID)')
+      .option('--role-arn <arn>', 'the role (arn:aws:iam::ACCOUNT:role/[PATH/]AlationBYOKRole)')
+      .option('--service-region <region>', 'the region the catalog runs in (warns when the key is elsewhere)');
+
+  const test = addTargetOptions(byok.command('test').description('check the role, the key and KMS latency without changing anything'));
+  test.action(
+    run('byok', test, async (ctx, _args, opts) => {
+      const flags = flagsOf(opts);
+      const missing = missingByokFlags(flags);
+      if (missing.length) throw new UsageError(`byok test needs ${missing.join(', ')}`);
+      const report = await preflight(ctx, flags);
+      if (ctx.globals.json) ctx.io.printJson(report);
+      if (!report.ok) failTest(report);
+      ctx.io.print(`all checks passed: ${report.keyArn} is ready for \`alation-keys byok onboard\``);
+    }),
+  );
+
+  const onboard = addTargetOptions(
+    byok.command('onboard').description('test, then re-wrap every data key with the KMS key and switch to aws-kms (irreversible)'),
+  ).option('--replace', 'move an onboarded installation to another customer key');
+  onboard.action(
+    run('byok', onboard, async (ctx, _args, opts) => {
+      const flags = flagsOf(opts);
+      const missing = missingByokFlags(flags);
+      if (missing.length) {
+        if (!ctx.io.canPrompt) {
+          throw new UsageError(`byok onboard needs ${missing.join(', ')}`, { hint: 'pass them, or run it on a terminal for the guided set-up' });
+        }
+        return runWizard(ctx, flags, { replace: !!opts.replace });
+      }
+      await runOnboard(ctx, flags, { replace: !!opts.replace });
+    }),
+  );
+
+  const offboard = byok.command('offboard').description('go back to the local master key: refused once BYOK is onboarded');
+  offboard.action(
+    run('byok', offboard, async (ctx) => {
+      const r = await refuseOffboarding(ctx.pool);
+      if (ctx.globals.json) return ctx.io.printJson({ ok: true, provider: r.provider, changed: false });
+      ctx.io.print(`this installation uses the ${r.provider} master key; nothing to do`);
+    }),
+  );
+}

@@ -1,0 +1,627 @@
+/**
+ * BYOK with AWS KMS: the ExternalId, the policy snippets, the pre-flight test and the
+ * irreversible onboarding (every DEK re-wrapped under the customer's key in one
+ * transaction). Core never prints: commands render what these return.
+ */
+import { randomInt } from 'node:crypto';
+import { Pool } from 'pg';
+import { DecryptCommand, DescribeKeyCommand, EncryptCommand, GenerateDataKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { STSClient } from '@aws-sdk/client-sts';
+import { AlationKeysError, PreconditionError, ProviderError, UsageError } from '../errors';
+import { requireInitialised } from '../db/migrations';
+import { acquireAdvisoryLock, withTransaction } from '../db/transaction';
+import { createKeyProvider, ProviderOptions } from '../kms';
+import { BYOK_ROLE_NAME, KeyArn, parseKeyArn, parsePrincipal, parseRegion, parseRoleArn, RoleArn } from '../kms/arn';
+import {
+  assumedRoleCredentials,
+  awsErrorName,
+  AwsKmsKeyProvider,
+  AwsOperation,
+  callerIdentity,
+  createBaseStsClient,
+  createKmsClient,
+  keyMetadataProblem,
+  roleSessionName,
+  translateAwsError,
+} from '../kms/aws-kms';
+import { KeyProvider } from '../kms/provider';
+import { createJob, describeLockHolder, finishJob, markOrphanedJobs } from './jobs';
+import { readKeyring, rewrapKeyring, unwrapKeyring } from './keyring';
+import { AwsSettings, ensureSetting, readSettings, Settings, writeSetting } from './settings';
+
+/** The KMS actions the role needs, no more. */
+export const BYOK_KMS_ACTIONS = ['kms:Decrypt', 'kms:DescribeKey', 'kms:Encrypt', 'kms:GenerateDataKey'] as const;
+
+/** Settings key of the installation's ExternalId (also copied into `aws.external_id` on onboarding). */
+export const EXTERNAL_ID_SETTING = 'aws_external_id';
+
+// ---------------------------------------------------------------------------
+// Inputs
+// ---------------------------------------------------------------------------
+
+export interface ByokTarget {
+  region: string;
+  key: KeyArn;
+  role: RoleArn;
+  /** Region the catalog service runs in (latency warning when it differs from the key's). */
+  serviceRegion?: string;
+}
+
+export interface ByokFlags {
+  region?: string;
+  keyArn?: string;
+  roleArn?: string;
+  serviceRegion?: string;
+}
+
+/** Parses the flags strictly; malformed input is a UsageError (exit 2). */
+export function parseByokTarget(flags: ByokFlags): ByokTarget {
+  const region = parseRegion(flags.region);
+  const key = parseKeyArn(flags.keyArn);
+  const role = parseRoleArn(flags.roleArn);
+  const serviceRegion = flags.serviceRegion === undefined ? undefined : parseRegion(flags.serviceRegion, '--service-region');
+  return { region, key, role, serviceRegion };
+}
+
+/** The flags a command still needs (for the wizard and for the usage error). */
+export function missingByokFlags(flags: ByokFlags): string[] {
+  const out: string[] = [];
+  if (!flags.region) out.push('--region');
+  if (!flags.keyArn) out.push('--key-arn');
+  if (!flags.roleArn) out.push('--role-arn');
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// ExternalId
+// ---------------------------------------------------------------------------
+
+const ALPHANUMERIC = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
+export const EXTERNAL_ID_LENGTH = 40;
+
+/** 40 uniformly random characters of [A-Za-z0-9] (about 238 bits). */
+export function generateExternalId(): string {
+  let out = '';
+  for (let i = 0; i < EXTERNAL_ID_LENGTH; i++) out += ALPHANUMERIC[randomInt(ALPHANUMERIC.length)];
+  return out;
+}
+
+/** The installation's ExternalId: made once, stored in settings, never changed. */
+export async function ensureExternalId(pool: Pool): Promise<string> {
+  const settings = await readSettings(pool);
+  if (settings.aws?.external_id) {
+    // Onboarded installations keep the id they were onboarded with.
+    return ensureSetting(pool, EXTERNAL_ID_SETTING, settings.aws.external_id);
+  }
+  return ensureSetting(pool, EXTERNAL_ID_SETTING, generateExternalId());
+}
+
+// ---------------------------------------------------------------------------
+// Policy snippets
+// ---------------------------------------------------------------------------
+
+export interface PolicySnippets {
+  externalId: string;
+  principal: string;
+  principalSource: 'caller' | 'flag';
+  keyArn: string;
+  roleArn: string;
+  /** Attach to the role AlationBYOKRole. */
+  permissionPolicy: object;
+  /** The role's trust policy. */
+  trustPolicy: object;
+  /** Add to the KMS key's key policy. */
+  keyPolicyStatement: object;
+}
+
+export function buildPolicySnippets(key: KeyArn, role: RoleArn, principal: string, externalId: string): Omit<PolicySnippets, 'principalSource'> {
+  return {
+    externalId,
+    principal,
+    keyArn: key.arn,
+    roleArn: role.arn,
+    permissionPolicy: {
+      Version: '2012-10-17',
+      Statement: [
+        {
+          Sid: 'AlationKeysUseCustomerKey',
+          Effect: 'Allow',
+          Action: [...BYOK_KMS_ACTIONS],
+          Resource: key.arn,
+        },
+      ],
+    },
+    trustPolicy: {
+      Version: '2012-10-17',
+      Statement: [
+        {
+          Sid: 'AlationKeysAssumeRole',
+          Effect: 'Allow',
+          Principal: { AWS: principal },
+          Action: 'sts:AssumeRole',
+          Condition: { StringEquals: { 'sts:ExternalId': externalId } },
+        },
+      ],
+    },
+    keyPolicyStatement: {
+      Sid: 'AllowAlationBYOKRole',
+      Effect: 'Allow',
+      Principal: { AWS: role.arn },
+      Action: [...BYOK_KMS_ACTIONS],
+      Resource: '*',
+    },
+  };
+}
+
+export async function byokPolicy(
+  pool: Pool,
+  flags: { keyArn?: string; roleArn?: string; principal?: string },
+  opts: ProviderOptions = {},
+): Promise<PolicySnippets> {
+  const key = parseKeyArn(flags.keyArn);
+  const role = parseRoleArn(flags.roleArn);
+  if (key.partition !== role.partition) {
+    throw new UsageError(`--key-arn is in partition ${key.partition} but --role-arn in ${role.partition}; both must be in the same partition`);
+  }
+  const explicit = flags.principal !== undefined ? parsePrincipal(flags.principal) : undefined;
+  await requireInitialised(pool);
+  const externalId = await ensureExternalId(pool);
+  let principal = explicit;
+  if (!principal) {
+    let me;
+    try {
+      me = await callerIdentity(key.region, opts.awsProfile);
+    } catch (err) {
+      if (err instanceof AlationKeysError) {
+        throw new ProviderError(`cannot tell who you are for the trust policy: ${err.message}`, {
+          hint: 'pass --principal ARN (the IAM user or role that will run alation-keys), or fix your AWS credentials',
+          cause: err,
+        });
+      }
+      throw err;
+    }
+    principal = parsePrincipal(me.arn, 'sts:GetCallerIdentity');
+  }
+  return { ...buildPolicySnippets(key, role, principal, externalId), principalSource: explicit ? 'flag' : 'caller' };
+}
+
+// ---------------------------------------------------------------------------
+// The pre-flight test
+// ---------------------------------------------------------------------------
+
+export type CheckStatus = 'pass' | 'fail' | 'warn' | 'skip';
+
+export interface ByokCheck {
+  id: 'arns' | 'assume-role' | 'external-id-enforced' | 'describe-key' | 'round-trip' | 'latency';
+  title: string;
+  status: CheckStatus;
+  detail: string;
+  /** What to do about a failure or warning. */
+  fix?: string;
+  /** The AWS error code behind a failure, when there is one. */
+  awsError?: string;
+}
+
+export interface LatencyReport {
+  samples: number;
+  medianMs: number;
+  p95Ms: number;
+  keyRegion: string;
+  serviceRegion: string | null;
+}
+
+export interface ByokTestReport {
+  ok: boolean;
+  /** A check found the input itself inconsistent (exit 2 rather than 4). */
+  badInput: boolean;
+  region: string;
+  keyArn: string;
+  roleArn: string;
+  externalId: string;
+  checks: ByokCheck[];
+  latency: LatencyReport | null;
+}
+
+export interface ByokTestOptions {
+  externalId: string;
+  installationId: string;
+  profile?: string;
+  /** Called as each check finishes (for live rendering). */
+  onCheck?: (check: ByokCheck) => void;
+  latencySamples?: number;
+}
+
+/** Region prefixes that belong to a partition other than `aws`. */
+function partitionOfRegion(region: string): string {
+  if (region.startsWith('cn-')) return 'aws-cn';
+  if (region.startsWith('us-gov-')) return 'aws-us-gov';
+  if (region.startsWith('us-isob-')) return 'aws-iso-b';
+  if (region.startsWith('us-isof-') || region.startsWith('eu-isoe-')) return region.startsWith('us-isof-') ? 'aws-iso-f' : 'aws-iso-e';
+  if (region.startsWith('us-iso-')) return 'aws-iso';
+  return 'aws';
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return 0;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[idx];
+}
+
+function round1(n: number): number {
+  return Math.round(n * 10) / 10;
+}
+
+export async function runByokTest(target: ByokTarget, opts: ByokTestOptions): Promise<ByokTestReport> {
+  const checks: ByokCheck[] = [];
+  const report: ByokTestReport = {
+    ok: false,
+    badInput: false,
+    region: target.region,
+    keyArn: target.key.arn,
+    roleArn: target.role.arn,
+    externalId: opts.externalId,
+    checks,
+    latency: null,
+  };
+  const add = (c: ByokCheck) => {
+    checks.push(c);
+    opts.onCheck?.(c);
+    return c;
+  };
+  const skipRest = (ids: ByokCheck['id'][], titles: Record<string, string>, why: string) => {
+    for (const id of ids) add({ id, title: titles[id], status: 'skip', detail: why });
+  };
+  const TITLES: Record<ByokCheck['id'], string> = {
+    arns: 'ARNs and region are consistent',
+    'assume-role': `AssumeRole ${BYOK_ROLE_NAME} with the ExternalId`,
+    'external-id-enforced': 'AssumeRole without the ExternalId is refused',
+    'describe-key': 'KMS key is symmetric, ENCRYPT_DECRYPT and Enabled',
+    'round-trip': 'GenerateDataKey → Decrypt and Encrypt → Decrypt round trip',
+    latency: 'KMS latency',
+  };
+
+  // 1. ARN and region consistency.
+  const { key, role } = target;
+  const problems: string[] = [];
+  if (key.region !== target.region) problems.push(`the key ARN is in region ${key.region} but --region is ${target.region}`);
+  if (key.partition !== role.partition) problems.push(`the key is in partition ${key.partition} but the role in ${role.partition}`);
+  if (partitionOfRegion(target.region) !== key.partition) {
+    problems.push(`region ${target.region} belongs to partition ${partitionOfRegion(target.region)}, the key ARN says ${key.partition}`);
+  }
+  if (problems.length) {
+    add({ id: 'arns', title: TITLES.arns, status: 'fail', detail: problems.join('; '), fix: 'pass the region the key lives in (the 4th field of its ARN) and ARNs of the same partition' });
+    report.badInput = true;
+    skipRest(['assume-role', 'external-id-enforced', 'describe-key', 'round-trip', 'latency'], TITLES, 'not run: fix the ARNs first');
+    return report;
+  }
+  add({
+    id: 'arns',
+    title: TITLES.arns,
+    status: 'pass',
+    detail: `key ${key.keyId} in ${key.region} (account ${key.accountId}); role ${role.path}${role.roleName} in account ${role.accountId}${
+      key.accountId !== role.accountId ? ' (cross-account: the key policy must name the role)' : ''
+    }`,
+  });
+
+  const sts: STSClient = createBaseStsClient(target.region, opts.profile);
+  let kms: KMSClient | undefined;
+  const fail = (id: ByokCheck['id'], err: unknown, operation: AwsOperation, extra: Partial<Parameters<typeof translateAwsError>[1]> = {}): ByokCheck => {
+    const e = translateAwsError(err, { operation, keyArn: key.arn, roleArn: role.arn, region: target.region, ...extra });
+    return add({ id, title: TITLES[id], status: 'fail', detail: e.message, fix: e.hint, awsError: awsErrorName(e) });
+  };
+  try {
+    // 2. AssumeRole with the ExternalId.
+    const sessionName = roleSessionName(opts.installationId);
+    const credentials = assumedRoleCredentials(sts, { roleArn: role.arn, externalId: opts.externalId, sessionName, durationSeconds: 900 });
+    try {
+      const c = await credentials();
+      add({ id: 'assume-role', title: TITLES['assume-role'], status: 'pass', detail: `session credentials valid until ${c.expiration?.toISOString() ?? '?'}` });
+    } catch (err) {
+      fail('assume-role', err, 'AssumeRole');
+      skipRest(['external-id-enforced', 'describe-key', 'round-trip', 'latency'], TITLES, 'not run: the role could not be assumed');
+      return report;
+    }
+
+    // 3. Without the ExternalId it must be refused.
+    try {
+      await assumedRoleCredentials(sts, { roleArn: role.arn, externalId: undefined, sessionName, durationSeconds: 900 })();
+      add({
+        id: 'external-id-enforced',
+        title: TITLES['external-id-enforced'],
+        status: 'fail',
+        detail: 'the role can be assumed WITHOUT the ExternalId: its trust policy does not enforce it (confused-deputy risk)',
+        fix: `add to the trust policy statement: "Condition": {"StringEquals": {"sts:ExternalId": "${opts.externalId}"}}`,
+      });
+    } catch (err) {
+      const name = awsErrorName(err);
+      if (name === 'AccessDenied' || name === 'AccessDeniedException') {
+        add({ id: 'external-id-enforced', title: TITLES['external-id-enforced'], status: 'pass', detail: 'STS refused it (AccessDenied): the trust policy checks sts:ExternalId' });
+      } else {
+        fail('external-id-enforced', err, 'AssumeRole', { withoutExternalId: true });
+      }
+    }
+
+    // 4. DescribeKey.
+    kms = createKmsClient(target.region, credentials);
+    try {
+      const out = await kms.send(new DescribeKeyCommand({ KeyId: key.arn }));
+      const problem = keyMetadataProblem(out.KeyMetadata);
+      if (problem) {
+        add({ id: 'describe-key', title: TITLES['describe-key'], status: 'fail', detail: problem.message, fix: problem.hint, awsError: undefined });
+        skipRest(['round-trip', 'latency'], TITLES, 'not run: the key is not usable');
+        return report;
+      }
+      if (out.KeyMetadata?.Arn && out.KeyMetadata.Arn !== key.arn) {
+        add({ id: 'describe-key', title: TITLES['describe-key'], status: 'fail', detail: `KMS describes ${out.KeyMetadata.Arn}, not ${key.arn}`, fix: 'pass the key ARN exactly as KMS shows it' });
+        skipRest(['round-trip', 'latency'], TITLES, 'not run: the key is not usable');
+        return report;
+      }
+      const m = out.KeyMetadata!;
+      add({
+        id: 'describe-key',
+        title: TITLES['describe-key'],
+        status: 'pass',
+        detail: `${m.KeySpec ?? m.CustomerMasterKeySpec}, ${m.KeyUsage}, ${m.KeyState}, origin ${m.Origin ?? '?'}${m.MultiRegion ? ', multi-Region' : ''}`,
+      });
+    } catch (err) {
+      fail('describe-key', err, 'DescribeKey');
+      skipRest(['round-trip', 'latency'], TITLES, 'not run: DescribeKey failed');
+      return report;
+    }
+
+    // 5. Round trips with an encryption context.
+    const context = { 'alation-keys:installation': opts.installationId, 'alation-keys:purpose': 'byok-test' };
+    let blob: Uint8Array;
+    let op: AwsOperation = 'GenerateDataKey';
+    try {
+      const g = await kms.send(new GenerateDataKeyCommand({ KeyId: key.arn, KeySpec: 'AES_256', EncryptionContext: context }));
+      op = 'Decrypt';
+      const d = await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: g.CiphertextBlob, EncryptionContext: context }));
+      if (!g.Plaintext || !d.Plaintext || g.Plaintext.length !== 32 || !Buffer.from(g.Plaintext).equals(Buffer.from(d.Plaintext))) {
+        throw new ProviderError('KMS Decrypt did not return the data key GenerateDataKey made');
+      }
+      op = 'Encrypt';
+      const probe = Buffer.from(`alation-keys byok test ${new Date().toISOString()}`);
+      const e = await kms.send(new EncryptCommand({ KeyId: key.arn, Plaintext: probe, EncryptionContext: context }));
+      op = 'Decrypt';
+      const d2 = await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: e.CiphertextBlob, EncryptionContext: context }));
+      if (!d2.Plaintext || !Buffer.from(d2.Plaintext).equals(probe)) throw new ProviderError('KMS Decrypt did not return what Encrypt was given');
+      blob = e.CiphertextBlob!;
+      add({ id: 'round-trip', title: TITLES['round-trip'], status: 'pass', detail: 'kms:GenerateDataKey, kms:Encrypt and kms:Decrypt work with an encryption context' });
+    } catch (err) {
+      fail('round-trip', err, op);
+      skipRest(['latency'], TITLES, 'not run: the round trip failed');
+      return report;
+    }
+
+    // 6. Latency.
+    const samples = Math.max(3, opts.latencySamples ?? 10);
+    const times: number[] = [];
+    try {
+      for (let i = 0; i < samples; i++) {
+        const t0 = process.hrtime.bigint();
+        await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: blob, EncryptionContext: context }));
+        times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
+    } catch (err) {
+      fail('latency', err, 'Decrypt');
+      return report;
+    }
+    times.sort((a, b) => a - b);
+    const latency: LatencyReport = {
+      samples,
+      medianMs: round1(percentile(times, 50)),
+      p95Ms: round1(percentile(times, 95)),
+      keyRegion: key.region,
+      serviceRegion: target.serviceRegion ?? null,
+    };
+    report.latency = latency;
+    const warnings: string[] = [];
+    const fixes: string[] = [];
+    if (target.serviceRegion && target.serviceRegion !== key.region) {
+      warnings.push(`the key is in ${key.region} but the service runs in ${target.serviceRegion}: every KMS call crosses regions`);
+      fixes.push(`use a key in ${target.serviceRegion} (or a multi-Region replica there) to cut latency and keep working when ${key.region} is impaired`);
+    }
+    if (latency.p95Ms > 1000) {
+      warnings.push(`p95 latency ${latency.p95Ms} ms is high`);
+      fixes.push('check the network path to KMS (VPC endpoint, proxy)');
+    }
+    const stats = `Decrypt median ${latency.medianMs} ms, p95 ${latency.p95Ms} ms over ${samples} calls`;
+    add({
+      id: 'latency',
+      title: TITLES.latency,
+      status: warnings.length ? 'warn' : 'pass',
+      detail: warnings.length ? `${stats}; ${warnings.join('; ')}` : stats,
+      fix: fixes.length ? fixes.join('; ') : undefined,
+    });
+  } finally {
+    kms?.destroy();
+    sts.destroy();
+  }
+  report.ok = checks.every((c) => c.status === 'pass' || c.status === 'warn');
+  return report;
+}
+
+// ---------------------------------------------------------------------------
+// Onboarding
+// ---------------------------------------------------------------------------
+
+export interface OnboardPlan {
+  target: ByokTarget;
+  replace: boolean;
+  externalId: string;
+  installationId: string;
+  /** Provider now wrapping the DEKs. */
+  fromProvider: 'local' | 'aws-kms';
+  fromKeyArn: string | null;
+  /** DEKs that will be re-wrapped. */
+  dataKeys: number;
+  /** What becomes irreversible, one sentence each. */
+  irreversible: string[];
+}
+
+/** Refuses what cannot be done (exit 3) before anything talks to AWS. */
+export async function planOnboarding(pool: Pool, target: ByokTarget, opts: { replace?: boolean }): Promise<OnboardPlan> {
+  await requireInitialised(pool);
+  const settings = await readSettings(pool);
+  checkOnboardAllowed(settings, target, !!opts.replace);
+  const externalId = await ensureExternalId(pool);
+  const keys = (await readKeyring(pool)).filter((k) => k.state !== 'destroyed' && k.wrapped_key);
+  const irreversible = [
+    'There is no way back to the local master key: from now on every data key is wrapped only by this KMS key.',
+    'The KMS key and the role must stay enabled and reachable, or the catalog stops when it next starts or rotates.',
+    'Deleting the KMS key (or losing access to it) destroys every encrypted value, in the database and in backups taken from now on.',
+  ];
+  if (opts.replace) irreversible.push(`The previous key ${settings.aws!.key_arn} will no longer wrap any data key; keep it until no backup needs it.`);
+  return {
+    target,
+    replace: !!opts.replace,
+    externalId,
+    installationId: settings.installation_id!,
+    fromProvider: (settings.kek_provider ?? 'local') as 'local' | 'aws-kms',
+    fromKeyArn: settings.aws?.key_arn ?? null,
+    dataKeys: keys.length,
+    irreversible,
+  };
+}
+
+function checkOnboardAllowed(settings: Settings, target: ByokTarget, replace: boolean): void {
+  if (!settings.installation_id) throw new PreconditionError('the installation has no id', { hint: 'run `alation-keys init`' });
+  const onboarded = settings.kek_provider === 'aws-kms';
+  if (onboarded && !replace) {
+    throw new PreconditionError(`BYOK is already onboarded: data keys are wrapped by ${settings.aws?.key_arn ?? 'a KMS key'}`, {
+      hint: 'to move to another customer key run `alation-keys byok onboard --replace` with its ARNs',
+    });
+  }
+  if (!onboarded && replace) {
+    throw new PreconditionError('--replace moves an onboarded installation to another KMS key, but this installation still uses the local master key', {
+      hint: 'run `alation-keys byok onboard` without --replace',
+    });
+  }
+  if (onboarded && replace && settings.aws?.key_arn === target.key.arn && settings.aws?.role_arn === target.role.arn && settings.aws?.region === target.region) {
+    throw new PreconditionError(`the installation already uses key ${target.key.arn} through ${target.role.arn}; nothing to replace`);
+  }
+}
+
+export interface OnboardResult {
+  jobId: number;
+  keyArn: string;
+  roleArn: string;
+  region: string;
+  externalId: string;
+  rewrapped: number;
+  versions: number[];
+  replace: boolean;
+  previousKeyArn: string | null;
+  byokEnabledAt: string;
+}
+
+/**
+ * The irreversible switch: under the maintenance lock, in one transaction, every DEK is
+ * unwrapped with the current provider, re-wrapped with KMS Encrypt, verified by KMS Decrypt,
+ * and the settings switch to aws-kms. Any failure rolls all of it back; the job is then
+ * recorded as failed in its own statement.
+ */
+export async function applyOnboarding(
+  pool: Pool,
+  plan: OnboardPlan,
+  opts: ProviderOptions & { onProgress?: (text: string) => void } = {},
+): Promise<OnboardResult> {
+  const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
+  let kms: AwsKmsKeyProvider | undefined;
+  let from: KeyProvider | undefined;
+  try {
+    await markOrphanedJobs(pool, { holdingLock: true });
+    const settings = await readSettings(pool);
+    checkOnboardAllowed(settings, plan.target, plan.replace);
+    if ((settings.kek_provider ?? 'local') !== plan.fromProvider) {
+      throw new PreconditionError('the key provider changed while onboarding was being prepared; run the command again');
+    }
+    const installationId = settings.installation_id!;
+    const aws: AwsSettings = {
+      region: plan.target.region,
+      key_arn: plan.target.key.arn,
+      role_arn: plan.target.role.arn,
+      external_id: plan.externalId,
+    };
+    from = createKeyProvider(settings, opts);
+    kms = new AwsKmsKeyProvider({ ...aws, installationId, profile: opts.awsProfile });
+    const job = await createJob(pool, {
+      kind: 'byok-onboard',
+      detail: {
+        provider: 'aws-kms',
+        keyArn: aws.key_arn,
+        roleArn: aws.role_arn,
+        region: aws.region,
+        replace: plan.replace,
+        previousProvider: plan.fromProvider,
+        previousKeyArn: plan.fromKeyArn,
+      },
+    });
+    const kmsProvider = kms;
+    const fromProvider = from;
+    try {
+      const result = await withTransaction(pool, async (tx) => {
+        opts.onProgress?.(`re-wrapping ${plan.dataKeys} data key(s) with KMS Encrypt`);
+        const before = await unwrapKeyring(await readKeyring(tx), fromProvider);
+        const rewrapped = await rewrapKeyring(tx, fromProvider, kmsProvider);
+        // Prove every new wrapping opens to the same DEK before committing.
+        opts.onProgress?.('verifying every re-wrapped data key with KMS Decrypt');
+        const rows = await readKeyring(tx);
+        const versions: number[] = [];
+        for (const row of rows) {
+          if (row.state === 'destroyed' || !row.wrapped_key) continue;
+          const dek = await kmsProvider.unwrapDataKey(row.version, row.wrapped_key, row.kek_id);
+          const expected = before.get(row.version);
+          if (!expected || !dek.equals(expected) || row.kek_provider !== 'aws-kms' || row.kek_id !== aws.key_arn) {
+            throw new ProviderError(`data key v${row.version} did not survive re-wrapping with KMS; nothing was changed`);
+          }
+          dek.fill(0);
+          versions.push(row.version);
+        }
+        for (const k of before.values()) k.fill(0);
+        const now = new Date().toISOString();
+        const enabledAt = plan.replace && settings.byok_enabled_at ? settings.byok_enabled_at : now;
+        await writeSetting(tx, 'kek_provider', 'aws-kms');
+        await writeSetting(tx, 'aws', aws);
+        await writeSetting(tx, 'byok_enabled_at', enabledAt);
+        if (plan.replace) await writeSetting(tx, 'byok_replaced_at', now);
+        await finishJob(tx, job.id, 'succeeded', undefined, { rewrapped, versions });
+        return { rewrapped, versions, enabledAt };
+      });
+      return {
+        jobId: job.id,
+        keyArn: aws.key_arn,
+        roleArn: aws.role_arn,
+        region: aws.region,
+        externalId: aws.external_id,
+        rewrapped: result.rewrapped,
+        versions: result.versions,
+        replace: plan.replace,
+        previousKeyArn: plan.fromKeyArn,
+        byokEnabledAt: result.enabledAt,
+      };
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      await finishJob(pool, job.id, 'failed', `${message} (rolled back: keyring and settings unchanged)`).catch(() => undefined);
+      throw err;
+    }
+  } finally {
+    kms?.destroy();
+    if (from instanceof AwsKmsKeyProvider) from.destroy();
+    await lock.release();
+  }
+}
+
+/** Going back to the local master key is refused once onboarded (exit 3). */
+export async function refuseOffboarding(pool: Pool): Promise<{ provider: string }> {
+  await requireInitialised(pool);
+  const settings = await readSettings(pool);
+  if (settings.kek_provider === 'aws-kms') {
+    throw new PreconditionError(
+      `BYOK cannot be undone: data keys stay wrapped by the customer's KMS key ${settings.aws?.key_arn ?? ''}; there is no way back to the local master key`,
+      { hint: 'to move to another KMS key run `alation-keys byok onboard --replace`' },
+    );
+  }
+  return { provider: settings.kek_provider ?? 'local' };
+}
