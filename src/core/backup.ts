@@ -1,10 +1,40 @@
-// Placeholder: the backup work (issue 4) replaces this file. The signature is what `rotate --backup` calls.
-import { Pool } from 'pg';
-import { OperationError } from '../errors';
+/**
+ * `backup`: a full pg_dump of the database with a manifest naming the keys a restore needs,
+ * written atomically (temporary name, fsync, rename) and recorded as a job of kind `backup`.
+ * `rotate --backup` calls takeBackup with lockHeld: true.
+ */
+import { ChildProcess, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { Pool, PoolClient } from 'pg';
+import { InterruptedError, OperationError, PreconditionError, UsageError } from '../errors';
+import { resolveConnectionConfig } from '../db/connection';
+import { requireInitialised, schemaVersion } from '../db/migrations';
+import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
+import { resolveMasterKeyPath } from '../kms/master-key-file';
+import { VERSION } from '../version';
+import { databaseSize, formatBytes, freeBytesAt } from './headroom';
+import { createJob, currentActor, describeLockHolder, finishJob, markOrphanedJobs } from './jobs';
+import { DekState, KeyringRow, readKeyring } from './keyring';
+import { findPgTool, FoundPgTool, pgToolEnv } from './pg-tools';
+import { readSettings } from './settings';
+
+export const MANIFEST_FORMAT = 'alation-keys/backup-manifest';
+export const MANIFEST_VERSION = 1;
+export const MANIFEST_SUFFIX = '.manifest.json';
+export const PARTIAL_SUFFIX = '.partial';
+export const DEFAULT_BACKUP_DIR = '/var/backups/alation-keys';
+/** Unfinished backups (`.<name>.partial`) untouched this long are removed by the next backup. */
+export const STALE_PARTIAL_MS = 24 * 3_600_000;
 
 export interface BackupOptions {
-  outDir: string;
+  /** Default: $ALATION_KEYS_BACKUP_DIR, else /var/backups/alation-keys. */
+  outDir?: string;
+  /** Parallel dump into directory format with this many jobs (omit for one custom-format file). */
   jobs?: number;
+  /** pg_dump to use (else found on PATH or in the per-version directories). */
   pgDump?: string;
   /** Connection settings for pg_dump (same precedence as the pool). */
   databaseUrl?: string;
@@ -13,17 +43,591 @@ export interface BackupOptions {
   lockHeld?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: { bytes: number; elapsedMs: number }) => void;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface ManifestKey {
+  version: number;
+  state: DekState;
+  kek_provider: string;
+  kek_id: string;
+  created_at: string;
+  /** primary or active at the snapshot: values in the dump may use it. */
+  needed: boolean;
+}
+
+export interface BackupManifest {
+  format: typeof MANIFEST_FORMAT;
+  version: typeof MANIFEST_VERSION;
+  /** Base name of the dump (a file in custom format, a directory in directory format). */
+  file: string;
+  dump_format: 'custom' | 'directory';
+  bytes: number;
+  /** SHA-256 of the file; for a directory, of its `sha256sum`-style listing (see `files`). */
+  sha256: string;
+  files?: Array<{ name: string; bytes: number; sha256: string }>;
+  database: string;
+  installation_id: string | null;
+  schema_version: number;
+  server: { version: string; version_num: number };
+  pg_dump: { version: string; path: string };
+  started_at: string;
+  finished_at: string;
+  snapshot_at: string;
+  snapshot_id: string;
+  job_id: number;
+  keys: {
+    primary_version: number | null;
+    /** The DEK versions a restore needs (primary and active at the snapshot). */
+    needed_versions: number[];
+    /** KEK provider(s) of the needed DEKs: `local`, `aws-kms`. */
+    kek_provider: string;
+    /** Master key ids or KMS key ARNs that wrap the needed DEKs. */
+    kek_ids: string[];
+    /** Every DEK in the keyring at the snapshot. Never key material. */
+    deks: ManifestKey[];
+  };
+  created_by: { tool: 'alation-keys'; version: string; actor: string };
 }
 
 export interface BackupResult {
   jobId: number;
+  /** Absolute path of the finished dump. */
   file: string;
   manifestFile: string;
   bytes: number;
   sha256: string;
-  manifest: Record<string, unknown>;
+  manifest: BackupManifest;
+  elapsedMs: number;
+  /** Stale unfinished backups removed from the directory before starting. */
+  removedPartials: string[];
+  /** Set when a needed DEK is wrapped by a local master key: that file is not in the dump. */
+  masterKeyFile: string | null;
 }
 
-export async function takeBackup(_pool: Pool, _opts: BackupOptions): Promise<BackupResult> {
-  throw new OperationError('backup is not available in this build');
+export function resolveBackupDir(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
+  return path.resolve(flag || env.ALATION_KEYS_BACKUP_DIR || DEFAULT_BACKUP_DIR);
+}
+
+/** `20261130T054247Z` */
+export function fileTimestamp(d: Date): string {
+  return d.toISOString().replace(/\.\d{3}Z$/, 'Z').replace(/[-:]/g, '');
+}
+
+export function safeFilePart(name: string): string {
+  return name.replace(/[^A-Za-z0-9_.-]+/g, '_').replace(/^\.+/, '_') || 'database';
+}
+
+const FINISHED_RE = /^.+-\d{8}T\d{6}Z(?:-\d+)?\.dump$/;
+const PARTIAL_RE = /^\..+-\d{8}T\d{6}Z(?:-\d+)?\.dump(?:\.manifest\.json)?\.partial$/;
+
+export function partialName(finalName: string): string {
+  return `.${finalName}${PARTIAL_SUFFIX}`;
+}
+
+/** Free space must cover the database size: a conservative bound (a dump is usually smaller). */
+export function checkBackupSpace(dir: string, databaseBytes: number, freeBytes: number): void {
+  if (freeBytes < databaseBytes) {
+    throw new PreconditionError(
+      `not enough free space in ${dir}: ${formatBytes(freeBytes)} free (${freeBytes} bytes), the database is ${formatBytes(databaseBytes)} (${databaseBytes} bytes)`,
+      {
+        hint: 'a dump is usually much smaller than the database, but this check asks for the database size as a conservative bound; free space or pass --out DIR on a larger filesystem',
+      },
+    );
+  }
+}
+
+function newestMtime(p: string): number {
+  const st = fs.lstatSync(p);
+  let t = st.mtimeMs;
+  if (st.isDirectory()) {
+    for (const n of fs.readdirSync(p)) {
+      try {
+        t = Math.max(t, fs.lstatSync(path.join(p, n)).mtimeMs);
+      } catch {
+        /* gone meanwhile */
+      }
+    }
+  }
+  return t;
+}
+
+/** Removes our unfinished backups (`.<name>.partial`) not written to for a day. */
+export function removeStalePartials(dir: string, now = Date.now()): string[] {
+  const removed: string[] = [];
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return removed;
+  }
+  for (const n of names) {
+    if (!PARTIAL_RE.test(n)) continue;
+    const p = path.join(dir, n);
+    try {
+      if (now - newestMtime(p) < STALE_PARTIAL_MS) continue;
+      fs.rmSync(p, { recursive: true, force: true });
+      removed.push(p);
+    } catch {
+      /* not ours to remove, or gone */
+    }
+  }
+  return removed;
+}
+
+function prepareDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new PreconditionError(`cannot create backup directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
+      hint: 'pass --out DIR (or set ALATION_KEYS_BACKUP_DIR) to a directory this user may write',
+    });
+  }
+  const st = fs.statSync(dir);
+  if (!st.isDirectory()) throw new PreconditionError(`backup location ${dir} is not a directory`);
+  try {
+    fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
+  } catch {
+    throw new PreconditionError(`backup directory ${dir} is not writable by this user`, {
+      hint: 'pass --out DIR (or set ALATION_KEYS_BACKUP_DIR) to a directory this user may write',
+    });
+  }
+}
+
+function fsyncPath(p: string): void {
+  const fd = fs.openSync(p, 'r');
+  try {
+    fs.fsyncSync(fd);
+  } catch {
+    /* some filesystems cannot fsync a directory */
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+async function sha256File(p: string, signal?: AbortSignal): Promise<{ sha256: string; bytes: number }> {
+  const hash = createHash('sha256');
+  let bytes = 0;
+  await pipeline(fs.createReadStream(p), async function* (source: AsyncIterable<Buffer>) {
+    for await (const chunk of source) {
+      if (signal?.aborted) throw new InterruptedError('interrupted while computing the checksum');
+      bytes += chunk.length;
+      hash.update(chunk);
+    }
+    yield* [];
+  });
+  return { sha256: hash.digest('hex'), bytes };
+}
+
+/**
+ * The checksum of a dump: SHA-256 of the file, or for a directory-format dump the SHA-256 of
+ * its listing `<sha256>  <name>\n` (names sorted), like `sha256sum * | sha256sum`.
+ */
+export async function checksumDump(
+  p: string,
+  signal?: AbortSignal,
+): Promise<{ sha256: string; bytes: number; files?: Array<{ name: string; bytes: number; sha256: string }> }> {
+  const st = fs.statSync(p);
+  if (!st.isDirectory()) return sha256File(p, signal);
+  const files: Array<{ name: string; bytes: number; sha256: string }> = [];
+  for (const name of fs.readdirSync(p).sort()) {
+    const f = path.join(p, name);
+    if (!fs.statSync(f).isFile()) continue;
+    files.push({ name, ...(await sha256File(f, signal)) });
+  }
+  const listing = files.map((f) => `${f.sha256}  ${f.name}\n`).join('');
+  return {
+    sha256: createHash('sha256').update(listing).digest('hex'),
+    bytes: files.reduce((s, f) => s + f.bytes, 0),
+    files,
+  };
+}
+
+function sizeOf(p: string): number {
+  try {
+    const st = fs.statSync(p);
+    if (!st.isDirectory()) return st.size;
+    let total = 0;
+    for (const n of fs.readdirSync(p)) {
+      try {
+        total += fs.statSync(path.join(p, n)).size;
+      } catch {
+        /* being written */
+      }
+    }
+    return total;
+  } catch {
+    return 0;
+  }
+}
+
+function killGroup(child: ChildProcess, sig: NodeJS.Signals): void {
+  if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, sig);
+  } catch {
+    try {
+      child.kill(sig);
+    } catch {
+      /* already gone */
+    }
+  }
+}
+
+interface DumpRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stderr: string;
+  spawnError?: Error;
+  aborted: boolean;
+}
+
+/** Runs pg_dump in its own process group; kills the group on abort or when this process exits. */
+function runPgDump(
+  tool: FoundPgTool,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  target: string,
+  opts: { signal?: AbortSignal; started: number; onBytes: (bytes: number) => void },
+): Promise<DumpRun> {
+  return new Promise((resolve) => {
+    const child = spawn(tool.path, args, { env, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    let stderr = '';
+    let aborted = false;
+    let settled = false;
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    let killTimer: NodeJS.Timeout | undefined;
+    const onProcessExit = () => {
+      killGroup(child, 'SIGTERM');
+      fs.rmSync(target, { recursive: true, force: true });
+    };
+    process.on('exit', onProcessExit);
+    const onAbort = () => {
+      aborted = true;
+      killGroup(child, 'SIGTERM');
+      killTimer = setTimeout(() => killGroup(child, 'SIGKILL'), 5000);
+      killTimer.unref();
+    };
+    if (opts.signal?.aborted) onAbort();
+    else opts.signal?.addEventListener('abort', onAbort, { once: true });
+    const poll = setInterval(() => opts.onBytes(sizeOf(target)), 500);
+    const finish = (spawnError?: Error) => {
+      if (settled) return;
+      settled = true;
+      clearInterval(poll);
+      if (killTimer) clearTimeout(killTimer);
+      opts.signal?.removeEventListener('abort', onAbort);
+      process.removeListener('exit', onProcessExit);
+      resolve({ code: exit?.code ?? null, signal: exit?.signal ?? null, stderr, spawnError, aborted });
+    };
+    child.stderr!.on('data', (d: Buffer) => {
+      stderr += d.toString('utf8');
+      if (stderr.length > 16_000) stderr = stderr.slice(-8000);
+    });
+    child.on('error', (err) => finish(err));
+    child.on('exit', (code, signal) => {
+      exit = { code, signal };
+      // Whatever it started (a wrapper's children) goes with it.
+      killGroup(child, 'SIGKILL');
+      setTimeout(() => finish(), 2000).unref();
+    });
+    child.on('close', () => finish());
+  });
+}
+
+function stderrTail(s: string): string {
+  const lines = s
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  return lines.slice(-5).join('; ');
+}
+
+function manifestKeys(rows: KeyringRow[]): BackupManifest['keys'] {
+  const deks: ManifestKey[] = rows.map((r) => ({
+    version: r.version,
+    state: r.state,
+    kek_provider: r.kek_provider,
+    kek_id: r.kek_id,
+    created_at: r.created_at.toISOString(),
+    needed: r.state === 'primary' || r.state === 'active',
+  }));
+  const needed = deks.filter((d) => d.needed);
+  const providers = [...new Set(needed.map((d) => d.kek_provider))];
+  return {
+    primary_version: rows.find((r) => r.state === 'primary')?.version ?? null,
+    needed_versions: needed.map((d) => d.version),
+    kek_provider: providers.join(',') || 'none',
+    kek_ids: [...new Set(needed.map((d) => d.kek_id))],
+    deks,
+  };
+}
+
+/** Finished name `<database>-<UTC timestamp>.dump`, with -2, -3 … if that exists already. */
+function chooseName(dir: string, database: string, at: Date): string {
+  const base = `${safeFilePart(database)}-${fileTimestamp(at)}`;
+  for (let i = 1; ; i++) {
+    const name = i === 1 ? `${base}.dump` : `${base}-${i}.dump`;
+    const taken = [name, name + MANIFEST_SUFFIX, partialName(name), partialName(name + MANIFEST_SUFFIX)].some((n) =>
+      fs.existsSync(path.join(dir, n)),
+    );
+    if (!taken) return name;
+  }
+}
+
+export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<BackupResult> {
+  const env = opts.env ?? process.env;
+  const dumpFormat: 'custom' | 'directory' = opts.jobs !== undefined ? 'directory' : 'custom';
+  if (opts.jobs !== undefined && (!Number.isInteger(opts.jobs) || opts.jobs < 1 || opts.jobs > 64)) {
+    throw new UsageError(`--jobs must be a whole number from 1 to 64, got ${opts.jobs}`);
+  }
+  await requireInitialised(pool);
+  const dir = resolveBackupDir(opts.outDir, env);
+
+  const sv = await pool.query<{ num: string; version: string; db: string }>(
+    `SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version, current_database() AS db`,
+  );
+  const serverNum = Number(sv.rows[0].num);
+  const serverVersion = sv.rows[0].version.split(' ')[0];
+  const database = sv.rows[0].db;
+  const tool = findPgTool('pg_dump', {
+    explicit: opts.pgDump ?? env.ALATION_KEYS_PG_DUMP,
+    minVersionNum: serverNum,
+    minReason: `the server is PostgreSQL ${serverVersion}`,
+    flag: '--pg-dump PATH',
+    env,
+  });
+  prepareDir(dir);
+
+  let lock: HeldLock | undefined;
+  if (!opts.lockHeld) {
+    lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
+  }
+  try {
+    // We hold the lock: running jobs are leftovers of killed processes.
+    if (lock) await markOrphanedJobs(pool, { holdingLock: true });
+    const databaseBytes = await databaseSize(pool);
+    checkBackupSpace(dir, databaseBytes, freeBytesAt(dir));
+    const removedPartials = removeStalePartials(dir);
+    if (opts.signal?.aborted) throw new InterruptedError('interrupted before the backup started; nothing was written');
+    return await dumpWithSnapshot(pool, { ...opts, env }, { dir, database, serverNum, serverVersion, tool, dumpFormat, removedPartials });
+  } finally {
+    await lock?.release();
+  }
+}
+
+async function dumpWithSnapshot(
+  pool: Pool,
+  opts: BackupOptions & { env: NodeJS.ProcessEnv },
+  ctx: {
+    dir: string;
+    database: string;
+    serverNum: number;
+    serverVersion: string;
+    tool: FoundPgTool;
+    dumpFormat: 'custom' | 'directory';
+    removedPartials: string[];
+  },
+): Promise<BackupResult> {
+  const startedAt = new Date();
+  const started = Date.now();
+  const name = chooseName(ctx.dir, ctx.database, startedAt);
+  const finalPath = path.join(ctx.dir, name);
+  const partialPath = path.join(ctx.dir, partialName(name));
+  const manifestPath = finalPath + MANIFEST_SUFFIX;
+  const manifestPartial = path.join(ctx.dir, partialName(name + MANIFEST_SUFFIX));
+
+  // The snapshot: read the keyring and export the snapshot pg_dump will use, so the manifest
+  // names exactly the keys of the data in the dump. Held open until pg_dump is done.
+  const snap: PoolClient = await pool.connect();
+  let snapOpen = false;
+  let jobId: number | undefined;
+  const cleanup = () => {
+    fs.rmSync(partialPath, { recursive: true, force: true });
+    fs.rmSync(manifestPartial, { force: true });
+  };
+  try {
+    await snap.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    snapOpen = true;
+    await snap.query('SET LOCAL idle_in_transaction_session_timeout = 0');
+    const s = await snap.query<{ id: string; at: Date }>('SELECT pg_export_snapshot() AS id, transaction_timestamp() AS at');
+    const snapshotId = s.rows[0].id;
+    const snapshotAt = s.rows[0].at;
+    const [keyring, settings] = await Promise.all([readKeyring(snap), readSettings(snap)]);
+    const schemaV = await schemaVersion(pool);
+    const keys = manifestKeys(keyring);
+
+    // The job is written outside the snapshot, so a restored database does not show it running.
+    const job = await createJob(pool, {
+      kind: 'backup',
+      detail: {
+        dir: ctx.dir,
+        file: name,
+        path: finalPath,
+        dump_format: ctx.dumpFormat,
+        jobs: opts.jobs ?? null,
+        pg_dump: { version: ctx.tool.version.text, path: ctx.tool.path },
+        needed_versions: keys.needed_versions,
+      },
+    });
+    jobId = job.id;
+
+    let bytesDone = 0;
+    let lastJobUpdate = Date.now();
+    let jobUpdate: Promise<unknown> | undefined;
+    const onBytes = (bytes: number) => {
+      bytesDone = bytes;
+      try {
+        opts.onProgress?.({ bytes, elapsedMs: Date.now() - started });
+      } catch {
+        /* a renderer's problem is not the backup's */
+      }
+      if (!jobUpdate && Date.now() - lastJobUpdate >= 5000) {
+        lastJobUpdate = Date.now();
+        jobUpdate = pool
+          .query('UPDATE alation_keys.jobs SET bytes_done = $2, updated_at = now() WHERE id = $1', [job.id, bytes])
+          .catch(() => undefined)
+          .finally(() => (jobUpdate = undefined));
+      }
+    };
+
+    const args = [
+      `--file=${partialPath}`,
+      `--format=${ctx.dumpFormat}`,
+      `--snapshot=${snapshotId}`,
+      '--no-password',
+    ];
+    if (ctx.dumpFormat === 'directory') args.push(`--jobs=${opts.jobs}`);
+    else {
+      // Created here with mode 0600: pg_dump would create it with the umask's mode.
+      fs.closeSync(fs.openSync(partialPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600));
+    }
+    const toolEnv = pgToolEnv(resolveConnectionConfig({ databaseUrl: opts.databaseUrl, command: 'backup', env: opts.env }), {
+      applicationName: 'alation-keys/backup',
+      database: ctx.database,
+      env: opts.env,
+    });
+    const run = await runPgDump(ctx.tool, args, toolEnv, partialPath, { signal: opts.signal, started, onBytes });
+    await jobUpdate;
+    // pg_dump has imported the snapshot long ago; end the exporting transaction.
+    await snap.query('COMMIT').catch(() => undefined);
+    snapOpen = false;
+
+    const interrupted = run.aborted || opts.signal?.aborted || run.signal === 'SIGINT';
+    if (interrupted) {
+      cleanup();
+      await finishJob(pool, job.id, 'interrupted', 'interrupted by a signal while pg_dump ran; no backup was written', {
+        bytes_written: bytesDone,
+      }).catch(() => undefined);
+      throw new InterruptedError(`backup interrupted; no backup was written (job ${job.id})`, {
+        hint: 'run `alation-keys backup` again',
+      });
+    }
+    if (run.spawnError || run.code !== 0) {
+      cleanup();
+      const why = run.spawnError
+        ? `could not run ${ctx.tool.path}: ${run.spawnError.message}`
+        : `pg_dump ${run.signal ? `was killed by ${run.signal}` : `exited with code ${run.code}`}${run.stderr ? `: ${stderrTail(run.stderr)}` : ''}`;
+      const full = /No space left on device/i.test(run.stderr) ? `${why} (the backup directory ${ctx.dir} is full)` : why;
+      await finishJob(pool, job.id, 'failed', full, { bytes_written: bytesDone }).catch(() => undefined);
+      throw new OperationError(`backup failed: ${full}; no backup was written (job ${job.id})`);
+    }
+
+    // Success so far: make the dump durable, checksum it, write the manifest, then rename.
+    try {
+      if (fs.statSync(partialPath).isDirectory()) {
+        for (const n of fs.readdirSync(partialPath)) fsyncPath(path.join(partialPath, n));
+      }
+      fsyncPath(partialPath);
+      const sum = await checksumDump(partialPath, opts.signal);
+      if (sum.bytes === 0) throw new OperationError('pg_dump exited successfully but wrote nothing');
+      const finishedAt = new Date();
+      const manifest: BackupManifest = {
+        format: MANIFEST_FORMAT,
+        version: MANIFEST_VERSION,
+        file: name,
+        dump_format: ctx.dumpFormat,
+        bytes: sum.bytes,
+        sha256: sum.sha256,
+        ...(sum.files ? { files: sum.files } : {}),
+        database: ctx.database,
+        installation_id: settings.installation_id ?? null,
+        schema_version: schemaV,
+        server: { version: ctx.serverVersion, version_num: ctx.serverNum },
+        pg_dump: { version: ctx.tool.version.text, path: ctx.tool.path },
+        started_at: startedAt.toISOString(),
+        finished_at: finishedAt.toISOString(),
+        snapshot_at: snapshotAt.toISOString(),
+        snapshot_id: snapshotId,
+        job_id: job.id,
+        keys,
+        created_by: { tool: 'alation-keys', version: VERSION, actor: currentActor() },
+      };
+      const text = JSON.stringify(manifest, null, 2) + '\n';
+      const mfd = fs.openSync(manifestPartial, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
+      try {
+        fs.writeFileSync(mfd, text);
+        fs.fsyncSync(mfd);
+      } finally {
+        fs.closeSync(mfd);
+      }
+      if (opts.signal?.aborted) throw new InterruptedError('interrupted');
+      if (fs.existsSync(finalPath) || fs.existsSync(manifestPath)) {
+        throw new OperationError(`${finalPath} appeared while the backup ran; not overwriting it`);
+      }
+      fs.renameSync(partialPath, finalPath);
+      try {
+        fs.renameSync(manifestPartial, manifestPath);
+      } catch (err) {
+        // Without its manifest the dump must not look finished.
+        fs.renameSync(finalPath, partialPath);
+        throw err;
+      }
+      fsyncPath(ctx.dir);
+      await finishJob(pool, job.id, 'succeeded', undefined, { manifest, path: finalPath, manifest_path: manifestPath });
+      await pool.query('UPDATE alation_keys.jobs SET bytes_done = $2 WHERE id = $1', [job.id, sum.bytes]);
+      const needsLocal = manifest.keys.deks.some((d) => d.needed && d.kek_provider === 'local');
+      return {
+        jobId: job.id,
+        file: finalPath,
+        manifestFile: manifestPath,
+        bytes: sum.bytes,
+        sha256: sum.sha256,
+        manifest,
+        elapsedMs: Date.now() - started,
+        removedPartials: ctx.removedPartials,
+        masterKeyFile: needsLocal ? resolveMasterKeyPath(opts.masterKeyFile, opts.env) : null,
+      };
+    } catch (err) {
+      cleanup();
+      if (err instanceof InterruptedError || opts.signal?.aborted) {
+        await finishJob(pool, job.id, 'interrupted', 'interrupted by a signal after pg_dump; no backup was written').catch(() => undefined);
+        throw new InterruptedError(`backup interrupted; no backup was written (job ${job.id})`, { hint: 'run `alation-keys backup` again' });
+      }
+      const e = err as NodeJS.ErrnoException;
+      const msg = e.code === 'ENOSPC' ? `the backup directory ${ctx.dir} is full (${e.message})` : e.message;
+      await finishJob(pool, job.id, 'failed', msg).catch(() => undefined);
+      throw err instanceof OperationError ? err : new OperationError(`backup failed: ${msg}; no backup was written (job ${job.id})`, { cause: err });
+    }
+  } catch (err) {
+    cleanup();
+    if (jobId !== undefined) {
+      // Anything not already recorded (e.g. the database connection failed) marks the job failed.
+      await pool
+        .query(
+          `UPDATE alation_keys.jobs SET state = 'failed', finished_at = now(), updated_at = now(), error = $2 WHERE id = $1 AND state = 'running'`,
+          [jobId, (err as Error).message],
+        )
+        .catch(() => undefined);
+    }
+    throw err;
+  } finally {
+    let broken = false;
+    if (snapOpen) await snap.query('ROLLBACK').catch(() => (broken = true));
+    snap.release(broken);
+  }
+}
+
+export function isFinishedBackupName(name: string): boolean {
+  return FINISHED_RE.test(name);
 }

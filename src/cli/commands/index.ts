@@ -5,6 +5,7 @@ import * as columns from './columns';
 import * as status from './status';
 import * as jobs from './jobs';
 import * as keys from './keys';
+import * as backup from './backup';
 import * as rotate from './rotate';
 import * as byok from './byok';
 
@@ -15,6 +16,7 @@ export function registerCommands(program: Command, run: Runner): void {
   status.register(program, run);
   jobs.register(program, run);
   keys.register(program, run);
+  backup.register(program, run);
   rotate.register(program, run);
   byok.register(program, run);
 }

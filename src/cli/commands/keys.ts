@@ -1,5 +1,6 @@
 import { Command } from 'commander';
 import { readKeyring } from '../../core/keyring';
+import { destroyDataKey, parseVersion, planDestroy } from '../../core/keys';
 import { requireInitialised } from '../../db/migrations';
 import { Runner } from '../context';
 import { formatAge, formatTime, renderTable } from '../render';
@@ -28,6 +29,35 @@ export function register(program: Command, run: Runner): void {
           rows.map((r) => [r.version, r.state, formatAge(r.created_at), r.kek_provider, r.kek_id, formatTime(r.created_at), formatTime(r.retired_at), formatTime(r.destroyed_at)]),
         ),
       );
+    }),
+  );
+
+  const destroy = keys
+    .command('destroy')
+    .description('delete the key material of a retired data key for good (refused while any value uses it)')
+    .argument('<version>', 'data key version, e.g. 3');
+  destroy.action(
+    run('keys', destroy, async (ctx, [versionText]) => {
+      const version = parseVersion(versionText);
+      const plan = await planDestroy(ctx.pool, version);
+      if (plan.alreadyDestroyed) {
+        if (ctx.globals.json) return ctx.io.printJson({ destroyed: false, alreadyDestroyed: true, version, destroyedAt: plan.destroyedAt });
+        return ctx.io.print(`data key v${version} was already destroyed${plan.destroyedAt ? ` on ${formatTime(plan.destroyedAt)}` : ''}; nothing to do`);
+      }
+      if (plan.backupsNeeding.length) {
+        ctx.io.warn(
+          `${plan.backupsNeeding.length} recorded backup(s) need data key v${version}; once it is destroyed, values in them that use it can never be decrypted:`,
+        );
+        for (const b of plan.backupsNeeding) {
+          ctx.io.warn(`  job ${b.jobId}, ${formatTime(b.finishedAt)}: ${b.path ?? b.file ?? '(unknown file)'}${b.onDisk === 'missing' ? ' (not on this disk)' : ''}`);
+        }
+      }
+      await ctx.io.confirm(`Destroy data key v${version}? Its key material is deleted for good.`, { typeToConfirm: `v${version}` });
+      const result = await destroyDataKey(ctx.pool, version);
+      if (ctx.globals.json) {
+        return ctx.io.printJson({ destroyed: true, version, destroyedAt: result.destroyedAt, jobId: result.jobId, backupsNeeding: result.backupsNeeding });
+      }
+      ctx.io.print(`destroyed data key v${version} at ${formatTime(result.destroyedAt)} (job ${result.jobId})`);
     }),
   );
 }

@@ -1,0 +1,420 @@
+/** `backup list` and `backup verify`: what was backed up, and whether it can be restored with today's keys. */
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Pool } from 'pg';
+import { PreconditionError, UsageError } from '../errors';
+import { requireInitialised } from '../db/migrations';
+import { createKeyProvider, LocalKeyProvider } from '../kms';
+import { resolveMasterKeyPath } from '../kms/master-key-file';
+import { KeyProvider } from '../kms/provider';
+import {
+  BackupManifest,
+  checksumDump,
+  MANIFEST_FORMAT,
+  MANIFEST_SUFFIX,
+  MANIFEST_VERSION,
+  PARTIAL_SUFFIX,
+} from './backup';
+import { JobRecord } from './jobs';
+import { readKeyring } from './keyring';
+import { findPgTool, FoundPgTool, parsePgToolVersion } from './pg-tools';
+import { readSettings } from './settings';
+
+const JOB_COLUMNS = `id::int AS id, kind, state, started_at, finished_at, actor, detail, error, bytes_done::float8 AS bytes_done`;
+
+export interface BackupListEntry {
+  jobId: number;
+  state: string;
+  startedAt: string;
+  finishedAt: string | null;
+  actor: string;
+  /** Absolute path of the dump as written. */
+  path: string | null;
+  file: string | null;
+  bytes: number | null;
+  sha256: string | null;
+  dumpFormat: string | null;
+  neededVersions: number[];
+  kekIds: string[];
+  /** For succeeded backups: whether the dump and its manifest are on this host's disk. */
+  onDisk: 'present' | 'missing' | 'manifest-missing' | null;
+  /** The host that took it, when not this one (files may be there instead). */
+  otherHost: string | null;
+  error: string | null;
+}
+
+function hostOf(actor: string): string | null {
+  const m = /@([^\s]+)/.exec(actor);
+  return m ? m[1] : null;
+}
+
+function entryOf(j: Pick<JobRecord, 'id' | 'state' | 'started_at' | 'finished_at' | 'actor' | 'detail' | 'error' | 'bytes_done'>): BackupListEntry {
+  const d = j.detail ?? {};
+  const m = d.manifest as BackupManifest | undefined;
+  const p: string | null = d.path ?? (d.dir && d.file ? path.join(d.dir, d.file) : null);
+  let onDisk: BackupListEntry['onDisk'] = null;
+  if (j.state === 'succeeded' && p) {
+    if (!fs.existsSync(p)) onDisk = 'missing';
+    else if (!fs.existsSync((d.manifest_path as string | undefined) ?? p + MANIFEST_SUFFIX)) onDisk = 'manifest-missing';
+    else onDisk = 'present';
+  }
+  const host = hostOf(j.actor);
+  return {
+    jobId: j.id,
+    state: j.state,
+    startedAt: j.started_at.toISOString(),
+    finishedAt: j.finished_at?.toISOString() ?? null,
+    actor: j.actor,
+    path: p,
+    file: m?.file ?? d.file ?? null,
+    bytes: m?.bytes ?? (j.bytes_done || null),
+    sha256: m?.sha256 ?? null,
+    dumpFormat: m?.dump_format ?? d.dump_format ?? null,
+    neededVersions: m?.keys?.needed_versions ?? d.needed_versions ?? [],
+    kekIds: m?.keys?.kek_ids ?? [],
+    onDisk,
+    otherHost: host && host !== os.hostname() ? host : null,
+    error: j.error,
+  };
+}
+
+/** Backups from the job records, newest first; `all` includes failed and interrupted ones. */
+export async function listBackups(pool: Pool, opts: { limit?: number; all?: boolean } = {}): Promise<BackupListEntry[]> {
+  await requireInitialised(pool);
+  const r = await pool.query(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE kind = 'backup' AND ($1 OR state IN ('succeeded', 'running'))
+      ORDER BY id DESC LIMIT $2`,
+    [!!opts.all, opts.limit ?? 20],
+  );
+  return r.rows.map(entryOf);
+}
+
+/** Succeeded backups whose manifest says a restore needs DEK `version`. */
+export async function backupsNeedingKey(pool: Pool, version: number): Promise<BackupListEntry[]> {
+  const r = await pool.query(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
+      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->'keys'->'needed_versions' @> to_jsonb(ARRAY[$1::int])
+      ORDER BY id DESC`,
+    [version],
+  );
+  return r.rows.map(entryOf);
+}
+
+export interface VerifyCheck {
+  check: 'manifest' | 'checksum' | 'archive' | 'keys';
+  ok: boolean;
+  detail: string;
+}
+
+export interface VerifyKeyResult {
+  version: number;
+  kekProvider: string;
+  kekId: string;
+  /** State in today's keyring (null: not there). */
+  stateNow: string | null;
+  ok: boolean;
+  detail: string;
+}
+
+export interface VerifyReport {
+  ok: boolean;
+  file: string;
+  manifestFile: string | null;
+  manifestSource: 'file' | 'job';
+  jobId: number | null;
+  checks: VerifyCheck[];
+  keys: VerifyKeyResult[];
+  archiveEntries: number | null;
+  manifest: BackupManifest;
+}
+
+export interface VerifyOptions {
+  masterKeyFile?: string;
+  awsProfile?: string;
+  pgRestore?: string;
+  signal?: AbortSignal;
+  env?: NodeJS.ProcessEnv;
+  /** A provider to use for aws-kms DEKs instead of the one the settings name (tests). */
+  keyProvider?: KeyProvider;
+}
+
+function parseManifest(text: string, where: string): BackupManifest {
+  let doc: any;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new Error(`${where} is not JSON`);
+  }
+  if (doc?.format !== MANIFEST_FORMAT) throw new Error(`${where} is not an alation-keys backup manifest (format is not "${MANIFEST_FORMAT}")`);
+  if (doc.version !== MANIFEST_VERSION) throw new Error(`${where} has manifest version ${doc.version}; this binary reads version ${MANIFEST_VERSION}`);
+  if (typeof doc.sha256 !== 'string' || typeof doc.file !== 'string' || !doc.keys || !Array.isArray(doc.keys.deks)) {
+    throw new Error(`${where} lacks file, sha256 or keys`);
+  }
+  return doc as BackupManifest;
+}
+
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string; error?: Error }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => {
+      stderr = (stderr + d.toString('utf8')).slice(-8000);
+    });
+    child.on('error', (error) => resolve({ code: null, stdout: '', stderr, error }));
+    child.on('close', (code) => resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr }));
+  });
+}
+
+/** Un-escapes one field of COPY text format; null for \N. */
+export function copyTextField(s: string): string | null {
+  if (s === '\\N') return null;
+  return s.replace(/\\(?:([0-7]{1,3})|x([0-9a-fA-F]{1,2})|(.))/g, (_m, oct, hex, ch) => {
+    if (oct) return String.fromCharCode(parseInt(oct, 8));
+    if (hex) return String.fromCharCode(parseInt(hex, 16));
+    return ({ b: '\b', f: '\f', n: '\n', r: '\r', t: '\t', v: '\v' } as Record<string, string>)[ch] ?? ch;
+  });
+}
+
+/** The rows of alation_keys.keyring inside a dump (as `pg_restore --data-only` prints them). */
+export function parseDumpKeyring(sql: string): Array<{ version: number; state: string; wrapped: Buffer | null; kekProvider: string; kekId: string }> {
+  const lines = sql.split('\n');
+  const start = lines.findIndex((l) => /^COPY alation_keys\.keyring \(/.test(l));
+  if (start < 0) return [];
+  const cols = /\(([^)]*)\)/.exec(lines[start])![1].split(',').map((c) => c.trim().replace(/^"|"$/g, ''));
+  const idx = (n: string) => cols.indexOf(n);
+  const out = [];
+  for (let i = start + 1; i < lines.length && lines[i] !== '\\.'; i++) {
+    const f = lines[i].split('\t').map(copyTextField);
+    const hex = f[idx('wrapped_key')];
+    out.push({
+      version: Number(f[idx('version')]),
+      state: String(f[idx('state')]),
+      wrapped: hex && hex.startsWith('\\x') ? Buffer.from(hex.slice(2), 'hex') : null,
+      kekProvider: String(f[idx('kek_provider')]),
+      kekId: String(f[idx('kek_id')]),
+    });
+  }
+  return out;
+}
+
+function locate(fileArg: string): { dump: string; manifest: string } {
+  const abs = path.resolve(fileArg);
+  if (abs.endsWith(PARTIAL_SUFFIX)) {
+    throw new PreconditionError(`${abs} is an unfinished backup (pg_dump did not complete); it cannot be verified or restored`, {
+      hint: 'see `alation-keys backup list` for finished backups',
+    });
+  }
+  const dump = abs.endsWith(MANIFEST_SUFFIX) ? abs.slice(0, -MANIFEST_SUFFIX.length) : abs.replace(/\/+$/, '');
+  if (!fs.existsSync(dump)) throw new UsageError(`${dump} does not exist`, { hint: 'see `alation-keys backup list`' });
+  return { dump, manifest: dump + MANIFEST_SUFFIX };
+}
+
+/**
+ * Checks a backup: manifest, checksum, `pg_restore --list`, and that every DEK a restore needs
+ * is still available — not destroyed in today's keyring, and its wrapped form inside the dump
+ * unwraps with today's KEK (master key file or KMS key). Returns the report; ok false means
+ * the backup could not be restored with today's keys.
+ */
+export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
+  const env = opts.env ?? process.env;
+  await requireInitialised(pool);
+  const { dump, manifest: manifestPath } = locate(fileArg);
+  const checks: VerifyCheck[] = [];
+  const name = path.basename(dump);
+
+  // 1. The manifest: next to the dump, else the one in the job record.
+  let manifest: BackupManifest | undefined;
+  let source: 'file' | 'job' = 'file';
+  let manifestProblem: string | undefined;
+  if (fs.existsSync(manifestPath)) {
+    try {
+      manifest = parseManifest(fs.readFileSync(manifestPath, 'utf8'), manifestPath);
+    } catch (err) {
+      manifestProblem = (err as Error).message;
+    }
+  }
+  const jobRows = await pool.query<{ id: number; manifest: BackupManifest }>(
+    `SELECT id::int AS id, detail->'manifest' AS manifest FROM alation_keys.jobs
+      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->>'file' = $1 ORDER BY id DESC`,
+    [name],
+  );
+  const fromJob = manifest ? jobRows.rows.find((r) => r.id === manifest!.job_id) : jobRows.rows[0];
+  if (!manifest) {
+    if (!fromJob) {
+      throw new PreconditionError(
+        `no manifest for ${dump}: ${manifestProblem ?? `${manifestPath} does not exist`}, and no backup job in this database recorded it`,
+        { hint: `keep ${path.basename(manifestPath)} next to the dump, and verify against the database the backup was taken from` },
+      );
+    }
+    manifest = fromJob.manifest;
+    source = 'job';
+  }
+  if (manifestProblem) {
+    checks.push({ check: 'manifest', ok: false, detail: `${manifestProblem}; used the copy in job ${fromJob!.id}` });
+  } else if (source === 'job') {
+    checks.push({ check: 'manifest', ok: true, detail: `${manifestPath} is missing; used the copy in job ${fromJob!.id}` });
+  } else if (fromJob && (fromJob.manifest.sha256 !== manifest.sha256 || fromJob.manifest.bytes !== manifest.bytes)) {
+    checks.push({
+      check: 'manifest',
+      ok: false,
+      detail: `${manifestPath} disagrees with job ${fromJob.id}: the job recorded sha256 ${fromJob.manifest.sha256} (${fromJob.manifest.bytes} bytes), the file says ${manifest.sha256} (${manifest.bytes} bytes)`,
+    });
+  } else if (manifest.file !== name) {
+    checks.push({ check: 'manifest', ok: false, detail: `the manifest describes ${manifest.file}, not ${name}` });
+  } else {
+    checks.push({ check: 'manifest', ok: true, detail: fromJob ? `matches job ${fromJob.id}` : 'no job record in this database (verified from the file alone)' });
+  }
+
+  // 2. Checksum.
+  const sum = await checksumDump(dump, opts.signal);
+  // The job record in the database is authoritative: an edited manifest file cannot vouch for an edited dump.
+  const expected = fromJob?.manifest ?? manifest;
+  if (sum.sha256 === expected.sha256 && sum.bytes === expected.bytes) {
+    checks.push({ check: 'checksum', ok: true, detail: `sha256 ${sum.sha256}, ${sum.bytes} bytes` });
+  } else {
+    let detail = `sha256 ${sum.sha256} (${sum.bytes} bytes) does not match the manifest's ${expected.sha256} (${expected.bytes} bytes)`;
+    if (sum.files && expected.files) {
+      const want = new Map(expected.files.map((f) => [f.name, f.sha256]));
+      const bad = sum.files.filter((f) => want.get(f.name) !== f.sha256).map((f) => f.name);
+      const gone = expected.files.filter((f) => !sum.files!.some((g) => g.name === f.name)).map((f) => f.name);
+      if (bad.length) detail += `; changed: ${bad.join(', ')}`;
+      if (gone.length) detail += `; missing: ${gone.join(', ')}`;
+    }
+    checks.push({ check: 'checksum', ok: false, detail });
+  }
+
+  // 3. The archive reads.
+  let archiveEntries: number | null = null;
+  const dumpVersion = parsePgToolVersion(`(PostgreSQL) ${manifest.pg_dump?.version ?? '0'}`)?.num ?? 0;
+  const pgRestore: FoundPgTool = findPgTool('pg_restore', {
+    explicit: opts.pgRestore ?? env.ALATION_KEYS_PG_RESTORE,
+    minVersionNum: dumpVersion,
+    minReason: `the backup was written by pg_dump ${manifest.pg_dump?.version ?? 'unknown'}`,
+    flag: '--pg-restore PATH',
+    env,
+  });
+  const list = await run(pgRestore.path, ['--list', dump], env);
+  if (list.code === 0) {
+    archiveEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
+    checks.push({ check: 'archive', ok: true, detail: `pg_restore --list reads ${archiveEntries} entries (${pgRestore.path} ${pgRestore.version.text})` });
+  } else {
+    checks.push({
+      check: 'archive',
+      ok: false,
+      detail: `pg_restore --list failed${list.error ? `: ${list.error.message}` : ''}: ${list.stderr.trim().split('\n').slice(-3).join('; ')}`,
+    });
+  }
+
+  // 4. The keys a restore needs.
+  const keys: VerifyKeyResult[] = [];
+  const settings = await readSettings(pool);
+  const needed = manifest.keys.deks.filter((d) => d.needed);
+  const keyProblems: string[] = [];
+  if (manifest.installation_id && settings.installation_id && manifest.installation_id !== settings.installation_id) {
+    keyProblems.push(
+      `the backup is of installation ${manifest.installation_id}, but this database is installation ${settings.installation_id}; verify against the database it came from`,
+    );
+  }
+  const today = new Map((await readKeyring(pool)).map((r) => [r.version, r]));
+  let inDump: ReturnType<typeof parseDumpKeyring> = [];
+  if (list.code === 0) {
+    const data = await run(pgRestore.path, ['--data-only', '--schema=alation_keys', '--table=keyring', '--file=-', dump], env);
+    if (data.code === 0) inDump = parseDumpKeyring(data.stdout);
+  }
+  let local: LocalKeyProvider | undefined;
+  let localError: string | undefined;
+  let kms: KeyProvider | undefined;
+  let kmsError: string | undefined;
+  for (const d of needed) {
+    const row = today.get(d.version);
+    const res: VerifyKeyResult = { version: d.version, kekProvider: d.kek_provider, kekId: d.kek_id, stateNow: row?.state ?? null, ok: false, detail: '' };
+    keys.push(res);
+    if (!row) {
+      res.detail = `data key v${d.version} is not in today's keyring`;
+      continue;
+    }
+    if (row.state === 'destroyed') {
+      res.detail = `data key v${d.version} was destroyed${row.destroyed_at ? ` on ${row.destroyed_at.toISOString()}` : ''}; values in this backup that use it cannot be read`;
+      continue;
+    }
+    const dumped = inDump.find((k) => k.version === d.version);
+    if (!dumped || !dumped.wrapped) {
+      res.detail = list.code === 0 ? `data key v${d.version} is not in the dump's alation_keys.keyring` : 'the archive could not be read';
+      continue;
+    }
+    let provider: KeyProvider | undefined;
+    if (dumped.kekProvider === 'local') {
+      if (!local && !localError) {
+        try {
+          local = new LocalKeyProvider(resolveMasterKeyPath(opts.masterKeyFile, env));
+        } catch (err) {
+          localError = (err as Error).message;
+        }
+      }
+      provider = local;
+      if (!provider) {
+        res.detail = `cannot read the master key file: ${localError}`;
+        continue;
+      }
+    } else if (dumped.kekProvider === 'aws-kms') {
+      if (!kms && !kmsError) {
+        if (opts.keyProvider) kms = opts.keyProvider;
+        else if ((settings.kek_provider ?? 'local') !== 'aws-kms') kmsError = 'this installation no longer uses aws-kms';
+        else {
+          try {
+            kms = createKeyProvider(settings, { masterKeyFile: opts.masterKeyFile, awsProfile: opts.awsProfile });
+          } catch (err) {
+            kmsError = (err as Error).message;
+          }
+        }
+      }
+      provider = kms;
+      if (!provider) {
+        res.detail = `cannot use KMS key ${dumped.kekId}: ${kmsError}`;
+        continue;
+      }
+    } else {
+      res.detail = `unknown KEK provider ${dumped.kekProvider}`;
+      continue;
+    }
+    try {
+      const dek = await provider.unwrapDataKey(d.version, dumped.wrapped, dumped.kekId);
+      dek.fill(0);
+      res.ok = true;
+      res.detail = `unwraps with ${dumped.kekProvider === 'local' ? 'master key' : 'KMS key'} ${dumped.kekId}`;
+    } catch (err) {
+      res.detail = `does not unwrap with today's keys: ${(err as Error).message}`;
+    }
+  }
+  const badKeys = keys.filter((k) => !k.ok);
+  if (keyProblems.length || badKeys.length) {
+    checks.push({
+      check: 'keys',
+      ok: false,
+      detail: [...keyProblems, ...badKeys.map((k) => `v${k.version}: ${k.detail}`)].join('; '),
+    });
+  } else {
+    checks.push({
+      check: 'keys',
+      ok: true,
+      detail: needed.length
+        ? `data key(s) ${needed.map((d) => `v${d.version}`).join(', ')} available (KEK ${manifest.keys.kek_ids.join(', ')})`
+        : 'the backup needs no data key',
+    });
+  }
+  return {
+    ok: checks.every((c) => c.ok),
+    file: dump,
+    manifestFile: source === 'file' ? manifestPath : null,
+    manifestSource: source,
+    jobId: manifest.job_id ?? fromJob?.id ?? null,
+    checks,
+    keys,
+    archiveEntries,
+    manifest,
+  };
+}
