@@ -3,7 +3,6 @@ import { Settings } from '../core/settings';
 import { LocalKeyProvider } from './local';
 import { resolveMasterKeyPath } from './master-key-file';
 import { KeyProvider } from './provider';
-import { createAwsKmsKeyProvider } from './aws-kms';
 
 export interface ProviderOptions {
   masterKeyFile?: string;
@@ -21,6 +20,8 @@ export function createKeyProvider(settings: Settings, opts: ProviderOptions = {}
         hint: 'run `alation-keys byok onboard` again',
       });
     }
+    // Loaded on demand: the AWS SDK is large, and only BYOK installations need it.
+    const { createAwsKmsKeyProvider } = require('./aws-kms') as typeof import('./aws-kms');
     return createAwsKmsKeyProvider({ ...settings.aws, installationId: settings.installation_id, profile: opts.awsProfile });
   }
   throw new PreconditionError(`unknown kek_provider "${String(kind)}" in alation_keys.settings`);
