@@ -110,13 +110,26 @@ describe('init, columns, status, jobs through the real binary', () => {
       expect(check.code).toBe(3);
       expect(check.stdout).toContain('readable by group or others');
       const init = await runCli(['init'], { env });
-      expect(init.code).toBe(0); // init does not need to read keys when nothing is missing
+      expect(init.code).toBe(4);
+      expect(init.stderr).toContain('readable by group or others (mode 0644)');
+      expect(init.stderr).toContain(`chmod 600 ${env.ALATION_KEYS_MASTER_KEY_FILE}`);
       const lib = await openKeyring({ connectionString: db.url, masterKeyFile: env.ALATION_KEYS_MASTER_KEY_FILE }).catch((e) => e);
       expect(lib.exitCode).toBe(4);
       expect(lib.hint).toContain('chmod 600');
     } finally {
       fs.chmodSync(env.ALATION_KEYS_MASTER_KEY_FILE!, 0o600);
     }
+  });
+
+  test('init with another installation\'s master key file is refused with exit 4', async () => {
+    const other = path.join(dir, 'other.key');
+    const r0 = await runCli(['init'], { env: { ...env, ALATION_KEYS_DATABASE_URL: 'postgresql://127.0.0.1:1/x', ALATION_KEYS_MASTER_KEY_FILE: other } });
+    expect(r0.code).toBe(1);
+    expect(r0.stderr).toContain('cannot connect to the database');
+    require('../src/kms/master-key-file').createMasterKeyFile(other);
+    const r = await runCli(['init', '--master-key-file', other], { env });
+    expect(r.code).toBe(4);
+    expect(r.stderr).toMatch(/master key mk_[0-9a-f]+ \(wrapping data key v1\) is not in/);
   });
 
   test('a schema newer than the binary is refused with exit 3', async () => {

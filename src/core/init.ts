@@ -5,8 +5,8 @@ import { ProviderError } from '../errors';
 import { migrate, LATEST_SCHEMA_VERSION } from '../db/migrations';
 import { withTransaction } from '../db/transaction';
 import { createKeyProvider } from '../kms';
-import { createMasterKeyFile, masterKeyFileExists, resolveMasterKeyPath } from '../kms/master-key-file';
-import { addPrimaryDataKey, readKeyring } from './keyring';
+import { createMasterKeyFile, masterKeyFileExists, readMasterKeyFile, resolveMasterKeyPath } from '../kms/master-key-file';
+import { addPrimaryDataKey, readKeyring, unwrapKeyring } from './keyring';
 import { ensureSetting, readSettings } from './settings';
 
 export interface InitResult {
@@ -41,12 +41,18 @@ export async function initialise(pool: Pool, opts: { masterKeyFile?: string } = 
         }
         createMasterKeyFile(masterKeyFile);
         masterKeyFileCreated = true;
+      } else {
+        // Validates mode and content (exit 4 naming the fix) before anything relies on it.
+        readMasterKeyFile(masterKeyFile);
       }
     }
     let dataKeyCreated: number | null = null;
+    const provider = createKeyProvider(settings, opts);
     if (keys.length === 0) {
-      const provider = createKeyProvider(settings, opts);
       dataKeyCreated = (await addPrimaryDataKey(client, provider)).version;
+    } else {
+      // Every DEK must unwrap with this key provider: a wrong master key file is caught here.
+      (await unwrapKeyring(keys, provider)).forEach((k) => k.fill(0));
     }
     return {
       schemaVersion: LATEST_SCHEMA_VERSION,
