@@ -407,7 +407,9 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
     // We hold the lock: running jobs are leftovers of killed processes.
     if (lock) await markOrphanedJobs(pool, { holdingLock: true });
     const databaseBytes = await databaseSize(pool);
-    checkBackupSpace(dir, databaseBytes, freeBytesAt(dir));
+    // TEST ONLY: ALATION_KEYS_TEST_FREE_BYTES overrides the free space seen (as for rotate's headroom).
+    const fakeFree = env.ALATION_KEYS_TEST_FREE_BYTES;
+    checkBackupSpace(dir, databaseBytes, fakeFree ? Number(fakeFree) : freeBytesAt(dir));
     const removedPartials = removeStalePartials(dir);
     if (opts.signal?.aborted) throw new InterruptedError('interrupted before the backup started; nothing was written');
     return await dumpWithSnapshot(pool, { ...opts, env }, { dir, database, serverNum, serverVersion, tool, dumpFormat, removedPartials });
