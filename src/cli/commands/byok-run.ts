@@ -1,5 +1,7 @@
-/** `byok policy | test | onboard | offboard`: bring your own AWS KMS key. */
-import { Command } from 'commander';
+/**
+ * What the `byok` commands do (registered in ./byok.ts, which loads this module only when a
+ * byok command runs, so that other commands do not load the AWS SDK).
+ */
 import { ProviderError, UsageError } from '../../errors';
 import {
   applyOnboarding,
@@ -17,7 +19,7 @@ import {
 } from '../../core/byok';
 import { readSettings } from '../../core/settings';
 import { requireInitialised } from '../../db/migrations';
-import { CommandContext, Runner } from '../context';
+import { CommandContext } from '../context';
 import { IOStreams } from '../io';
 import { runWizard } from './byok-wizard';
 
@@ -102,66 +104,36 @@ export async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { 
   ctx.io.print('Check it any time with `alation-keys status`.');
 }
 
-export function register(program: Command, run: Runner): void {
-  const byok = program.command('byok').description('bring your own AWS KMS key: policy snippets, validation, onboarding');
+export async function policyCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
+  const snippets = await byokPolicy(ctx.pool, { keyArn: opts.keyArn, roleArn: opts.roleArn, principal: opts.principal }, ctx.providerOptions);
+  if (ctx.globals.json) return ctx.io.printJson(snippets);
+  ctx.io.print(renderPolicy(snippets));
+}
 
-  const policy = byok
-    .command('policy')
-    .description('print the IAM permission policy, trust policy and key-policy statement for the role AlationBYOKRole')
-    .option('--key-arn <arn>', 'the customer KMS key (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID)')
-    .option('--role-arn <arn>', 'the role (arn:aws:iam::ACCOUNT:role/[PATH/]AlationBYOKRole)')
-    .option('--principal <arn>', 'who may assume the role (default: the caller from sts:GetCallerIdentity)');
-  policy.action(
-    run('byok', policy, async (ctx, _args, opts) => {
-      const snippets = await byokPolicy(ctx.pool, { keyArn: opts.keyArn, roleArn: opts.roleArn, principal: opts.principal }, ctx.providerOptions);
-      if (ctx.globals.json) return ctx.io.printJson(snippets);
-      ctx.io.print(renderPolicy(snippets));
-    }),
-  );
+export async function testCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
+  const flags = flagsOf(opts);
+  const missing = missingByokFlags(flags);
+  if (missing.length) throw new UsageError(`byok test needs ${missing.join(', ')}`);
+  const report = await preflight(ctx, flags);
+  if (ctx.globals.json) ctx.io.printJson(report);
+  if (!report.ok) failTest(report);
+  ctx.io.print(`all checks passed: ${report.keyArn} is ready for \`alation-keys byok onboard\``);
+}
 
-  const addTargetOptions = (cmd: Command) =>
-    cmd
-      .option('--region <region>', 'the AWS region of the key (e.g. us-east-1)')
-      .option('--key-arn <arn>', 'the customer KMS key (arn:aws:kms:REGION:ACCOUNT:key/KEY-ID)')
-      .option('--role-arn <arn>', 'the role (arn:aws:iam::ACCOUNT:role/[PATH/]AlationBYOKRole)')
-      .option('--service-region <region>', 'the region the catalog runs in (warns when the key is elsewhere)');
+export async function onboardCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
+  const flags = flagsOf(opts);
+  const missing = missingByokFlags(flags);
+  if (missing.length) {
+    if (!ctx.io.canPrompt) {
+      throw new UsageError(`byok onboard needs ${missing.join(', ')}`, { hint: 'pass them, or run it on a terminal for the guided set-up' });
+    }
+    return runWizard(ctx, flags, { replace: !!opts.replace });
+  }
+  await runOnboard(ctx, flags, { replace: !!opts.replace });
+}
 
-  const test = addTargetOptions(byok.command('test').description('check the role, the key and KMS latency without changing anything'));
-  test.action(
-    run('byok', test, async (ctx, _args, opts) => {
-      const flags = flagsOf(opts);
-      const missing = missingByokFlags(flags);
-      if (missing.length) throw new UsageError(`byok test needs ${missing.join(', ')}`);
-      const report = await preflight(ctx, flags);
-      if (ctx.globals.json) ctx.io.printJson(report);
-      if (!report.ok) failTest(report);
-      ctx.io.print(`all checks passed: ${report.keyArn} is ready for \`alation-keys byok onboard\``);
-    }),
-  );
-
-  const onboard = addTargetOptions(
-    byok.command('onboard').description('test, then re-wrap every data key with the KMS key and switch to aws-kms (irreversible)'),
-  ).option('--replace', 'move an onboarded installation to another customer key');
-  onboard.action(
-    run('byok', onboard, async (ctx, _args, opts) => {
-      const flags = flagsOf(opts);
-      const missing = missingByokFlags(flags);
-      if (missing.length) {
-        if (!ctx.io.canPrompt) {
-          throw new UsageError(`byok onboard needs ${missing.join(', ')}`, { hint: 'pass them, or run it on a terminal for the guided set-up' });
-        }
-        return runWizard(ctx, flags, { replace: !!opts.replace });
-      }
-      await runOnboard(ctx, flags, { replace: !!opts.replace });
-    }),
-  );
-
-  const offboard = byok.command('offboard').description('go back to the local master key: refused once BYOK is onboarded');
-  offboard.action(
-    run('byok', offboard, async (ctx) => {
-      const r = await refuseOffboarding(ctx.pool);
-      if (ctx.globals.json) return ctx.io.printJson({ ok: true, provider: r.provider, changed: false });
-      ctx.io.print(`this installation uses the ${r.provider} master key; nothing to do`);
-    }),
-  );
+export async function offboardCommand(ctx: CommandContext): Promise<void> {
+  const r = await refuseOffboarding(ctx.pool);
+  if (ctx.globals.json) return ctx.io.printJson({ ok: true, provider: r.provider, changed: false });
+  ctx.io.print(`this installation uses the ${r.provider} master key; nothing to do`);
 }

@@ -3,7 +3,7 @@ import { AlationKeysError, UsageError } from '../../errors';
 import { byokPolicy, ByokFlags, PolicySnippets } from '../../core/byok';
 import { parseKeyArn, parseRegion, parseRoleArn } from '../../kms/arn';
 import { CommandContext } from '../context';
-import { renderPolicy, runOnboard } from './byok';
+import { renderPolicy, runOnboard } from './byok-run';
 
 /** Turns a parser's UsageError into an inquirer validation message. */
 function validator(parse: (s: string) => unknown) {
