@@ -268,6 +268,32 @@ describe('a backup', () => {
   });
 });
 
+describe('connection settings reach pg_dump', () => {
+  test('through its environment, never argv; with our snapshot and application name', async () => {
+    const dir = tempDir('backup-env');
+    const argsFile = path.join(inst.dir, 'args.txt');
+    const envFile = path.join(inst.dir, 'env.txt');
+    const spy = wrapper('pg_dump-spy', `printf '%s\\n' "$@" > "${argsFile}"\nenv > "${envFile}"\nexec "${realPgDump}" "$@"`);
+    const url = new URL(inst.db.url);
+    expect(url.password).not.toBe('');
+    const r = await runCli(['backup', '--out', dir, '--pg-dump', spy], { env: { ...inst.env, PGPASSWORD: undefined, PGHOST: 'wrong.invalid' } });
+    expect(r.code).toBe(0);
+    const args = fs.readFileSync(argsFile, 'utf8').trim().split('\n');
+    expect(args.some((a) => a.includes('://') || a.includes(url.password) || a.startsWith('--dbname') || a.startsWith('-d'))).toBe(false);
+    expect(args).toEqual(expect.arrayContaining(['--format=custom', '--no-password', expect.stringMatching(/^--snapshot=[0-9A-F-]+$/)]));
+    const env = Object.fromEntries(fs.readFileSync(envFile, 'utf8').trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    expect(env).toMatchObject({
+      PGPASSWORD: decodeURIComponent(url.password),
+      PGUSER: decodeURIComponent(url.username),
+      PGHOST: url.hostname,
+      PGPORT: url.port,
+      PGDATABASE: inst.db.name,
+      PGAPPNAME: 'alation-keys/backup',
+    });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
 describe('failures leave no finished-looking backup', () => {
   test('a pg_dump killed mid-run: exit 1, job failed, no file left', async () => {
     const dir = tempDir('backup-killed');

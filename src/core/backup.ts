@@ -14,7 +14,6 @@ import { resolveConnectionConfig } from '../db/connection';
 import { requireInitialised, schemaVersion } from '../db/migrations';
 import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
 import { resolveMasterKeyPath } from '../kms/master-key-file';
-import { VERSION } from '../version';
 import { databaseSize, formatBytes, freeBytesAt } from './headroom';
 import { createJob, currentActor, describeLockHolder, finishJob, markOrphanedJobs } from './jobs';
 import { DekState, KeyringRow, readKeyring } from './keyring';
@@ -563,7 +562,7 @@ async function dumpWithSnapshot(
         snapshot_id: snapshotId,
         job_id: job.id,
         keys,
-        created_by: { tool: 'alation-keys', version: VERSION, actor: currentActor() },
+        created_by: { tool: 'alation-keys', version: toolVersion(), actor: currentActor() },
       };
       const text = JSON.stringify(manifest, null, 2) + '\n';
       const mfd = fs.openSync(manifestPartial, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
@@ -627,6 +626,16 @@ async function dumpWithSnapshot(
     let broken = false;
     if (snapOpen) await snap.query('ROLLBACK').catch(() => (broken = true));
     snap.release(broken);
+  }
+}
+
+/** Our version, read lazily (src/version reads package.json relative to dist/, absent when run from source). */
+function toolVersion(): string {
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    return (require('../version') as { VERSION: string }).VERSION;
+  } catch {
+    return 'unknown';
   }
 }
 

@@ -170,10 +170,11 @@ export function pgToolEnv(
     const u = new URL(config.connectionString);
     const q = u.searchParams;
     const hostname = u.hostname ? decodeURIComponent(u.hostname).replace(/^\[|\]$/g, '') : '';
-    host = hostname || q.get('host') || undefined;
-    port = u.port || q.get('port') || undefined;
-    user = u.username ? decodeURIComponent(u.username) : q.get('user') || undefined;
-    password = u.password ? decodeURIComponent(u.password) : q.get('password') || undefined;
+    // As pg-connection-string reads it: query parameters win over the authority part.
+    host = q.get('host') || hostname || undefined;
+    port = q.get('port') || u.port || undefined;
+    user = q.get('user') || (u.username ? decodeURIComponent(u.username) : undefined);
+    password = q.get('password') || (u.password ? decodeURIComponent(u.password) : undefined);
     database = u.pathname && u.pathname !== '/' ? decodeURIComponent(u.pathname.slice(1)) : q.get('dbname') || undefined;
     const map: Record<string, string> = {
       sslmode: 'PGSSLMODE',
