@@ -102,6 +102,8 @@ export interface BackupResult {
   removedPartials: string[];
   /** Set when a needed DEK is wrapped by a local master key: that file is not in the dump. */
   masterKeyFile: string | null;
+  /** What pg_dump printed on stderr although it succeeded (warnings). */
+  pgDumpWarnings: string[];
 }
 
 export function resolveBackupDir(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
@@ -598,6 +600,11 @@ async function dumpWithSnapshot(
         elapsedMs: Date.now() - started,
         removedPartials: ctx.removedPartials,
         masterKeyFile: needsLocal ? resolveMasterKeyPath(opts.masterKeyFile, opts.env) : null,
+        pgDumpWarnings: run.stderr
+          .split('\n')
+          .map((l) => l.trim())
+          .filter(Boolean)
+          .slice(-20),
       };
     } catch (err) {
       cleanup();

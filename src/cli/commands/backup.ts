@@ -44,6 +44,7 @@ async function backupAction(ctx: CommandContext, opts: { out?: string; jobs?: st
     throw err;
   }
   progress.succeed(`backup written: ${result.file} (${formatBytes(result.bytes)} in ${elapsed(result.elapsedMs)})`);
+  for (const w of result.pgDumpWarnings) ctx.io.warn(w);
   for (const p of result.removedPartials) ctx.io.info(`removed an unfinished backup older than a day: ${p}`);
   const m = result.manifest;
   if (result.masterKeyFile) {
@@ -65,6 +66,7 @@ async function backupAction(ctx: CommandContext, opts: { out?: string; jobs?: st
       elapsedMs: result.elapsedMs,
       removedPartials: result.removedPartials,
       masterKeyFile: result.masterKeyFile,
+      pgDumpWarnings: result.pgDumpWarnings,
       manifest: m,
     });
   }
