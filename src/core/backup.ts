@@ -328,8 +328,14 @@ function runPgDump(
     child.on('error', (err) => finish(err));
     child.on('exit', (code, signal) => {
       exit = { code, signal };
-      // Whatever it started (a wrapper's children) goes with it.
-      killGroup(child, 'SIGKILL');
+      // Whatever it left in its process group (parallel workers, a wrapper's children) goes with it.
+      if (child.pid !== undefined) {
+        try {
+          process.kill(-child.pid, 'SIGKILL');
+        } catch {
+          /* the group is empty */
+        }
+      }
       setTimeout(() => finish(), 2000).unref();
     });
     child.on('close', () => finish());
