@@ -328,6 +328,12 @@ describe('failures leave no finished-looking backup', () => {
     child.stdin!.end('');
     await waitFor(() => listDir(dir).some((n) => n.endsWith('.partial') && fs.statSync(path.join(dir, n)).size >= 100000), 'the partial dump');
     expect(listDir(dir).filter((n) => FINISHED.test(n))).toEqual([]);
+    // The single-runner lock: no rotation starts while the backup runs.
+    const running = await lastBackupJob();
+    const rot = await runCli(['rotate', '--skip-backup-check', '--settle-time', '0'], { env: inst.env });
+    expect(rot.code).toBe(3);
+    expect(rot.stderr).toMatch(new RegExp(`holds the maintenance lock: job ${running.id} \\(backup`));
+    expect((await inst.db.query('SELECT count(*)::int AS n FROM alation_keys.keyring')).rows[0].n).toBe(1);
     child.kill('SIGTERM');
     const r = await done;
     expect(r.code).toBe(130);
