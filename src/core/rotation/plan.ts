@@ -85,12 +85,14 @@ export function readPageSql(
   limit: number,
   escapeLiteral: (s: string) => string,
 ): string {
-  const keys = p.keyColumns.map((k) => `${quoteIdent(k)}::text`).join(', ');
-  const v = quoteIdent(p.col.column_name);
-  const where = [`${v} IS NOT NULL`, `${versionExpr(p.col)} IS DISTINCT FROM ${Number(toVersion)}`];
-  if (watermark) where.unshift(`${keyTuple(p)} > ${keyLiteral(p, watermark, escapeLiteral)}`);
-  const order = p.keyColumns.map((k) => quoteIdent(k)).join(', ');
-  return `COPY (SELECT ${keys}, ${v} FROM ${p.table} WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
+  // Output columns are renamed (k0, k1, …) so that ORDER BY t.key sorts by the key's own
+  // type, not by its text form.
+  const keys = p.keyColumns.map((k, i) => `t.${quoteIdent(k)}::text AS k${i}`).join(', ');
+  const v = 't.' + quoteIdent(p.col.column_name);
+  const where = [`${v} IS NOT NULL`, `${versionExpr(p.col, 't')} IS DISTINCT FROM ${Number(toVersion)}`];
+  if (watermark) where.unshift(`${keyTuple(p, 't')} > ${keyLiteral(p, watermark, escapeLiteral)}`);
+  const order = p.keyColumns.map((k) => 't.' + quoteIdent(k)).join(', ');
+  return `COPY (SELECT ${keys}, ${v} AS value FROM ${p.table} AS t WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
 }
 
 export function stageTableName(p: ColumnPlan): string {
