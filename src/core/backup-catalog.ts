@@ -17,7 +17,7 @@ import {
   MANIFEST_VERSION,
   PARTIAL_SUFFIX,
 } from './backup';
-import { JobRecord } from './jobs';
+import { JobRecord, markOrphanedJobs } from './jobs';
 import { readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, parsePgToolVersion } from './pg-tools';
 import { readSettings } from './settings';
@@ -83,6 +83,7 @@ function entryOf(j: Pick<JobRecord, 'id' | 'state' | 'started_at' | 'finished_at
 /** Backups from the job records, newest first; `all` includes failed and interrupted ones. */
 export async function listBackups(pool: Pool, opts: { limit?: number; all?: boolean } = {}): Promise<BackupListEntry[]> {
   await requireInitialised(pool);
+  await markOrphanedJobs(pool);
   const r = await pool.query(
     `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE kind = 'backup' AND ($1 OR state IN ('succeeded', 'running'))
       ORDER BY id DESC LIMIT $2`,

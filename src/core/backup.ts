@@ -451,6 +451,8 @@ async function dumpWithSnapshot(
   const snap: PoolClient = await pool.connect();
   let snapOpen = false;
   let jobId: number | undefined;
+  /** The finished dump and manifest are in place: no cleanup may touch them. */
+  let written = false;
   const cleanup = () => {
     fs.rmSync(partialPath, { recursive: true, force: true });
     fs.rmSync(manifestPartial, { force: true });
@@ -593,8 +595,16 @@ async function dumpWithSnapshot(
         throw err;
       }
       fsyncPath(ctx.dir);
-      await finishJob(pool, job.id, 'succeeded', undefined, { manifest, path: finalPath, manifest_path: manifestPath });
-      await pool.query('UPDATE alation_keys.jobs SET bytes_done = $2 WHERE id = $1', [job.id, sum.bytes]);
+      written = true;
+      try {
+        await finishJob(pool, job.id, 'succeeded', undefined, { manifest, path: finalPath, manifest_path: manifestPath });
+        await pool.query('UPDATE alation_keys.jobs SET bytes_done = $2 WHERE id = $1', [job.id, sum.bytes]);
+      } catch (err) {
+        throw new OperationError(
+          `the backup was written to ${finalPath} (sha256 ${sum.sha256}), but job ${job.id} could not be marked succeeded: ${(err as Error).message}`,
+          { hint: '`backup verify` still checks it from its manifest; `rotate` will not count it as a fresh backup', cause: err },
+        );
+      }
       const needsLocal = manifest.keys.deks.some((d) => d.needed && d.kek_provider === 'local');
       return {
         jobId: job.id,
@@ -613,6 +623,7 @@ async function dumpWithSnapshot(
           .slice(-20),
       };
     } catch (err) {
+      if (written) throw err;
       cleanup();
       if (err instanceof InterruptedError || opts.signal?.aborted) {
         await finishJob(pool, job.id, 'interrupted', 'interrupted by a signal after pg_dump; no backup was written').catch(() => undefined);
@@ -624,6 +635,7 @@ async function dumpWithSnapshot(
       throw err instanceof OperationError ? err : new OperationError(`backup failed: ${msg}; no backup was written (job ${job.id})`, { cause: err });
     }
   } catch (err) {
+    if (written) throw err;
     cleanup();
     if (jobId !== undefined) {
       // Anything not already recorded (e.g. the database connection failed) marks the job failed.
