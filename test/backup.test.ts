@@ -442,3 +442,15 @@ describe('preflight refusals: exit 3, no backup', () => {
     expect((await runCli(['backup', '--out', out, '--jobs', 'many'], { env: inst.env })).code).toBe(2);
   });
 });
+
+test('backup list: failed and interrupted backups only with --all, with their errors', async () => {
+  const all = await runCliJson(['backup', 'list', '--all', '--limit', '100'], { env: inst.env });
+  const states = new Set(all.json.backups.map((b: any) => b.state));
+  expect(states).toEqual(new Set(['succeeded', 'failed', 'interrupted']));
+  const failed = all.json.backups.find((b: any) => b.state === 'failed');
+  expect(failed.error).toMatch(/pg_dump/);
+  expect(failed.onDisk).toBeNull();
+  const def = await runCliJson(['backup', 'list', '--limit', '100'], { env: inst.env });
+  expect(def.json.backups.length).toBeGreaterThan(0);
+  expect(def.json.backups.every((b: any) => b.state === 'succeeded')).toBe(true);
+});
