@@ -12,7 +12,7 @@ import { createTestDatabase } from './support/db';
 import { runCli, runCliJson, spawnCli, CliResult } from './support/cli';
 import { openKeyring } from '../src/core/keyring-client';
 import { verifyRosemeta } from '../scripts/lib/rosemeta';
-import { readMasterKeyFile } from '../src/kms/master-key-file';
+import { createMasterKeyFile, readMasterKeyFile } from '../src/kms/master-key-file';
 import { findPgTool } from '../src/core/pg-tools';
 
 let inst: Installation;
@@ -185,6 +185,20 @@ describe('a backup', () => {
     ]);
     expect(r.json.keys).toEqual([expect.objectContaining({ version: 1, ok: true, stateNow: 'primary' })]);
     expect(r.json.archiveEntries).toBeGreaterThan(5);
+  });
+
+  test('verify --offline needs no database: the keys inside the dump unwrap with the master key file', async () => {
+    const noDb = { ...inst.env, ALATION_KEYS_DATABASE_URL: 'postgresql://nobody@127.0.0.1:1/gone' };
+    expect((await runCli(['backup', 'verify', first.file], { env: noDb })).code).toBe(1);
+    const r = await runCliJson(['backup', 'verify', '--offline', first.file], { env: noDb });
+    expect(r.code).toBe(0);
+    expect(r.json.offline).toBe(true);
+    expect(r.json.keys).toEqual([expect.objectContaining({ version: 1, ok: true, stateNow: null })]);
+    const otherKey = path.join(inst.dir, 'unrelated.key');
+    createMasterKeyFile(otherKey);
+    const bad = await runCliJson(['backup', 'verify', '--offline', first.file], { env: { ...noDb, ALATION_KEYS_MASTER_KEY_FILE: otherKey } });
+    expect(bad.code).toBe(5);
+    expect(bad.json.keys[0]).toMatchObject({ ok: false, detail: expect.stringMatching(/master key mk_\w+ .*is not in/) });
   });
 
   test('verify catches a flipped byte: exit 5, checksum failed', async () => {

@@ -20,7 +20,7 @@ import {
 import { JobRecord, markOrphanedJobs } from './jobs';
 import { readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, parsePgToolVersion } from './pg-tools';
-import { readSettings } from './settings';
+import { readSettings, Settings } from './settings';
 
 const JOB_COLUMNS = `id::int AS id, kind, state, started_at, finished_at, actor, detail, error, bytes_done::float8 AS bytes_done`;
 
@@ -128,6 +128,8 @@ export interface VerifyReport {
   checks: VerifyCheck[];
   keys: VerifyKeyResult[];
   archiveEntries: number | null;
+  /** Verified without the database: key destruction was not checked. */
+  offline: boolean;
   manifest: BackupManifest;
 }
 
@@ -139,6 +141,11 @@ export interface VerifyOptions {
   env?: NodeJS.ProcessEnv;
   /** A provider to use for aws-kms DEKs instead of the one the settings name (tests). */
   keyProvider?: KeyProvider;
+  /**
+   * Without the database (it is gone, or this is another host): the manifest file is required,
+   * the KMS settings come from the dump, and whether a key was destroyed is not checked.
+   */
+  offline?: boolean;
 }
 
 function parseManifest(text: string, where: string): BackupManifest {
@@ -180,24 +187,41 @@ export function copyTextField(s: string): string | null {
   });
 }
 
-/** The rows of alation_keys.keyring inside a dump (as `pg_restore --data-only` prints them). */
-export function parseDumpKeyring(sql: string): Array<{ version: number; state: string; wrapped: Buffer | null; kekProvider: string; kekId: string }> {
+/** The rows of table alation_keys.<table> in `pg_restore --data-only` output, by column name. */
+export function parseDumpTable(sql: string, table: string): Array<Record<string, string | null>> {
   const lines = sql.split('\n');
-  const start = lines.findIndex((l) => /^COPY alation_keys\.keyring \(/.test(l));
+  const start = lines.findIndex((l) => l.startsWith(`COPY alation_keys.${table} (`));
   if (start < 0) return [];
   const cols = /\(([^)]*)\)/.exec(lines[start])![1].split(',').map((c) => c.trim().replace(/^"|"$/g, ''));
-  const idx = (n: string) => cols.indexOf(n);
-  const out = [];
+  const out: Array<Record<string, string | null>> = [];
   for (let i = start + 1; i < lines.length && lines[i] !== '\\.'; i++) {
     const f = lines[i].split('\t').map(copyTextField);
-    const hex = f[idx('wrapped_key')];
-    out.push({
-      version: Number(f[idx('version')]),
-      state: String(f[idx('state')]),
-      wrapped: hex && hex.startsWith('\\x') ? Buffer.from(hex.slice(2), 'hex') : null,
-      kekProvider: String(f[idx('kek_provider')]),
-      kekId: String(f[idx('kek_id')]),
-    });
+    out.push(Object.fromEntries(cols.map((c, j) => [c, f[j] ?? null])));
+  }
+  return out;
+}
+
+/** The rows of alation_keys.keyring inside a dump (as `pg_restore --data-only` prints them). */
+export function parseDumpKeyring(sql: string): Array<{ version: number; state: string; wrapped: Buffer | null; kekProvider: string; kekId: string }> {
+  return parseDumpTable(sql, 'keyring').map((r) => ({
+    version: Number(r.version),
+    state: String(r.state),
+    wrapped: r.wrapped_key && r.wrapped_key.startsWith('\\x') ? Buffer.from(r.wrapped_key.slice(2), 'hex') : null,
+    kekProvider: String(r.kek_provider),
+    kekId: String(r.kek_id),
+  }));
+}
+
+/** alation_keys.settings inside a dump (installation id, provider, aws settings). */
+export function parseDumpSettings(sql: string): Settings {
+  const out: Settings = {};
+  for (const r of parseDumpTable(sql, 'settings')) {
+    if (!r.key || r.value === null) continue;
+    try {
+      out[r.key] = JSON.parse(r.value);
+    } catch {
+      /* not JSON: ignored */
+    }
   }
   return out;
 }
@@ -220,9 +244,10 @@ function locate(fileArg: string): { dump: string; manifest: string } {
  * unwraps with today's KEK (master key file or KMS key). Returns the report; ok false means
  * the backup could not be restored with today's keys.
  */
-export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
   const env = opts.env ?? process.env;
-  await requireInitialised(pool);
+  const offline = !!opts.offline || !pool;
+  if (!offline) await requireInitialised(pool!);
   const { dump, manifest: manifestPath } = locate(fileArg);
   const checks: VerifyCheck[] = [];
   const name = path.basename(dump);
@@ -238,16 +263,18 @@ export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOpti
       manifestProblem = (err as Error).message;
     }
   }
-  const jobRows = await pool.query<{ id: number; manifest: BackupManifest }>(
-    `SELECT id::int AS id, detail->'manifest' AS manifest FROM alation_keys.jobs
-      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->>'file' = $1 ORDER BY id DESC`,
-    [name],
-  );
+  const jobRows = offline
+    ? { rows: [] as Array<{ id: number; manifest: BackupManifest }> }
+    : await pool!.query<{ id: number; manifest: BackupManifest }>(
+        `SELECT id::int AS id, detail->'manifest' AS manifest FROM alation_keys.jobs
+          WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->>'file' = $1 ORDER BY id DESC`,
+        [name],
+      );
   const fromJob = manifest ? jobRows.rows.find((r) => r.id === manifest!.job_id) : jobRows.rows[0];
   if (!manifest) {
     if (!fromJob) {
       throw new PreconditionError(
-        `no manifest for ${dump}: ${manifestProblem ?? `${manifestPath} does not exist`}, and no backup job in this database recorded it`,
+        `no manifest for ${dump}: ${manifestProblem ?? `${manifestPath} does not exist`}${offline ? '' : ', and no backup job in this database recorded it'}`,
         { hint: `keep ${path.basename(manifestPath)} next to the dump, and verify against the database the backup was taken from` },
       );
     }
@@ -267,7 +294,11 @@ export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOpti
   } else if (manifest.file !== name) {
     checks.push({ check: 'manifest', ok: false, detail: `the manifest describes ${manifest.file}, not ${name}` });
   } else {
-    checks.push({ check: 'manifest', ok: true, detail: fromJob ? `matches job ${fromJob.id}` : 'no job record in this database (verified from the file alone)' });
+    checks.push({
+      check: 'manifest',
+      ok: true,
+      detail: fromJob ? `matches job ${fromJob.id}` : offline ? 'read from the file (offline: not compared with the job record)' : 'no job record in this database (verified from the file alone)',
+    });
   }
 
   // 2. Checksum.
@@ -312,33 +343,38 @@ export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOpti
 
   // 4. The keys a restore needs.
   const keys: VerifyKeyResult[] = [];
-  const settings = await readSettings(pool);
+  let inDump: ReturnType<typeof parseDumpKeyring> = [];
+  let dumpSettings: Settings = {};
+  if (list.code === 0) {
+    const data = await run(pgRestore.path, ['--data-only', '--schema=alation_keys', '--table=keyring', '--table=settings', '--file=-', dump], env);
+    if (data.code === 0) {
+      inDump = parseDumpKeyring(data.stdout);
+      dumpSettings = parseDumpSettings(data.stdout);
+    }
+  }
+  // Offline, the dump's own settings say which KMS key and role a restore would use.
+  const settings = offline ? dumpSettings : await readSettings(pool!);
   const needed = manifest.keys.deks.filter((d) => d.needed);
   const keyProblems: string[] = [];
-  if (manifest.installation_id && settings.installation_id && manifest.installation_id !== settings.installation_id) {
+  if (!offline && manifest.installation_id && settings.installation_id && manifest.installation_id !== settings.installation_id) {
     keyProblems.push(
       `the backup is of installation ${manifest.installation_id}, but this database is installation ${settings.installation_id}; verify against the database it came from`,
     );
   }
-  const today = new Map((await readKeyring(pool)).map((r) => [r.version, r]));
-  let inDump: ReturnType<typeof parseDumpKeyring> = [];
-  if (list.code === 0) {
-    const data = await run(pgRestore.path, ['--data-only', '--schema=alation_keys', '--table=keyring', '--file=-', dump], env);
-    if (data.code === 0) inDump = parseDumpKeyring(data.stdout);
-  }
+  const today = offline ? undefined : new Map((await readKeyring(pool!)).map((r) => [r.version, r]));
   let local: LocalKeyProvider | undefined;
   let localError: string | undefined;
   let kms: KeyProvider | undefined;
   let kmsError: string | undefined;
   for (const d of needed) {
-    const row = today.get(d.version);
+    const row = today?.get(d.version);
     const res: VerifyKeyResult = { version: d.version, kekProvider: d.kek_provider, kekId: d.kek_id, stateNow: row?.state ?? null, ok: false, detail: '' };
     keys.push(res);
-    if (!row) {
+    if (today && !row) {
       res.detail = `data key v${d.version} is not in today's keyring`;
       continue;
     }
-    if (row.state === 'destroyed') {
+    if (row?.state === 'destroyed') {
       res.detail = `data key v${d.version} was destroyed${row.destroyed_at ? ` on ${row.destroyed_at.toISOString()}` : ''}; values in this backup that use it cannot be read`;
       continue;
     }
@@ -364,7 +400,7 @@ export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOpti
     } else if (dumped.kekProvider === 'aws-kms') {
       if (!kms && !kmsError) {
         if (opts.keyProvider) kms = opts.keyProvider;
-        else if ((settings.kek_provider ?? 'local') !== 'aws-kms') kmsError = 'this installation no longer uses aws-kms';
+        else if ((settings.kek_provider ?? 'local') !== 'aws-kms' || !settings.aws) kmsError = 'this installation no longer uses aws-kms';
         else {
           try {
             kms = createKeyProvider(settings, { masterKeyFile: opts.masterKeyFile, awsProfile: opts.awsProfile });
@@ -386,7 +422,7 @@ export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOpti
       const dek = await provider.unwrapDataKey(d.version, dumped.wrapped, dumped.kekId);
       dek.fill(0);
       res.ok = true;
-      res.detail = `unwraps with ${dumped.kekProvider === 'local' ? 'master key' : 'KMS key'} ${dumped.kekId}`;
+      res.detail = `unwraps with ${dumped.kekProvider === 'local' ? 'master key' : 'KMS key'} ${dumped.kekId}${offline ? ' (offline: not checked against the live keyring)' : ''}`;
     } catch (err) {
       res.detail = `does not unwrap with today's keys: ${(err as Error).message}`;
     }
@@ -416,6 +452,7 @@ export async function verifyBackup(pool: Pool, fileArg: string, opts: VerifyOpti
     checks,
     keys,
     archiveEntries,
+    offline,
     manifest,
   };
 }
