@@ -2,7 +2,10 @@
  * `byok policy` and `byok test` (and onboarding's refusals) through the built binary, with
  * the real SDK reaching the fake KMS/STS server through AWS_ENDPOINT_URL.
  */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { createInstallation, Installation } from './support/fixtures';
+import { acquireAdvisoryLock } from '../src/db/transaction';
 import { runCli, runCliJson } from './support/cli';
 import { startFakeAws, type FakeAws } from './support/fake-aws';
 import { readKeyring } from '../src/core/keyring';
@@ -309,5 +312,52 @@ describe('byok onboard refusals that change nothing', () => {
     const r = await runCli(['byok', 'offboard'], { env: env() });
     expect(r.code).toBe(0);
     expect(r.stdout).toContain('uses the local master key; nothing to do');
+  });
+});
+
+describe('credentials and locking', () => {
+  test('--profile takes base credentials (and the endpoint) from the shared config files', async () => {
+    const creds = server.createCredentials('arn:aws:iam::111122223333:user/profile-operator');
+    const config = path.join(inst.dir, 'aws-config');
+    const credentials = path.join(inst.dir, 'aws-credentials');
+    fs.writeFileSync(config, `[profile byok-ops]\nregion = ${server.region}\nendpoint_url = ${server.endpoint}\n`);
+    fs.writeFileSync(credentials, `[byok-ops]\naws_access_key_id = ${creds.accessKeyId}\naws_secret_access_key = ${creds.secretAccessKey}\n`);
+    const profileEnv = env({
+      AWS_ACCESS_KEY_ID: undefined,
+      AWS_SECRET_ACCESS_KEY: undefined,
+      AWS_ENDPOINT_URL: undefined,
+      AWS_CONFIG_FILE: config,
+      AWS_SHARED_CREDENTIALS_FILE: credentials,
+    });
+    const key = server.createKey();
+    const policy = await runCliJson(['--profile', 'byok-ops', 'byok', 'policy', '--key-arn', key.arn, '--role-arn', ROLE_ARN], { env: profileEnv });
+    expect({ code: policy.code, stderr: policy.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(policy.json.principal).toBe('arn:aws:iam::111122223333:user/profile-operator');
+
+    const test = await runCli(['--profile', 'byok-ops', 'byok', 'test', ...byokArgs(server, key.arn)], { env: profileEnv });
+    expect({ code: test.code, stderr: test.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(server.requests.filter((q) => q.operation === 'AssumeRole').every((q) => q.accessKeyId === creds.accessKeyId)).toBe(true);
+
+    // Without the profile there are no credentials at all (and no endpoint): exit 4, saying so.
+    const none = await runCli(['byok', 'test', ...byokArgs(server, key.arn)], {
+      env: { ...profileEnv, AWS_ENDPOINT_URL: server.endpoint },
+    });
+    expect(none.code).toBe(4);
+    expect(none.stdout).toContain('no AWS credentials found for STS AssumeRole');
+  });
+
+  test('onboarding while another job holds the maintenance lock is exit 3 and changes nothing', async () => {
+    const lock = await acquireAdvisoryLock(inst.db.pool, async () => 'a test');
+    try {
+      const before = await readKeyring(inst.db.pool);
+      const r = await runCli(['byok', 'onboard', ...byokArgs(server, server.createKey().arn), '--yes'], { env: env() });
+      expect(r.code).toBe(3);
+      expect(r.stderr).toContain('another alation-keys job holds the maintenance lock');
+      expect(await readKeyring(inst.db.pool)).toEqual(before);
+      expect((await readSettings(inst.db.pool)).kek_provider).toBe('local');
+      expect(server.calls.Encrypt).toBe(1); // the pre-flight round trip only
+    } finally {
+      await lock.release();
+    }
   });
 });

@@ -26,6 +26,9 @@ export class CommandContext {
     readonly command: string,
     readonly globals: GlobalOptions,
   ) {
+    // --profile acts as AWS_PROFILE for this process, so the SDK takes credentials, endpoint_url
+    // and retry settings from that one profile (a client's own `profile` option covers only credentials).
+    if (globals.profile) process.env.AWS_PROFILE = globals.profile;
     this.io = new IOStreams({
       json: globals.json,
       quiet: globals.quiet,

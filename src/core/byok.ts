@@ -104,6 +104,8 @@ export interface PolicySnippets {
   externalId: string;
   principal: string;
   principalSource: 'caller' | 'flag';
+  /** Set when the principal was derived from an assumed-role session (its path is unknown). */
+  principalNote?: string;
   keyArn: string;
   roleArn: string;
   /** Attach to the role AlationBYOKRole. */
@@ -163,10 +165,11 @@ export async function byokPolicy(
   if (key.partition !== role.partition) {
     throw new UsageError(`--key-arn is in partition ${key.partition} but --role-arn in ${role.partition}; both must be in the same partition`);
   }
-  const explicit = flags.principal !== undefined ? parsePrincipal(flags.principal) : undefined;
+  const explicit = flags.principal !== undefined ? parsePrincipal(flags.principal, '--principal', key.partition) : undefined;
   await requireInitialised(pool);
   const externalId = await ensureExternalId(pool);
   let principal = explicit;
+  let principalNote: string | undefined;
   if (!principal) {
     let me;
     try {
@@ -180,9 +183,16 @@ export async function byokPolicy(
       }
       throw err;
     }
-    principal = parsePrincipal(me.arn, 'sts:GetCallerIdentity');
+    principal = parsePrincipal(me.arn, 'sts:GetCallerIdentity', key.partition);
+    if (/:assumed-role\//.test(me.arn)) {
+      principalNote = `you are signed in through the assumed role ${principal}; if that role has a path (SSO roles do: /aws-reserved/sso.amazonaws.com/…), pass --principal with its full ARN`;
+    }
   }
-  return { ...buildPolicySnippets(key, role, principal, externalId), principalSource: explicit ? 'flag' : 'caller' };
+  return {
+    ...buildPolicySnippets(key, role, principal, externalId),
+    principalSource: explicit ? 'flag' : 'caller',
+    ...(principalNote ? { principalNote } : {}),
+  };
 }
 
 // ---------------------------------------------------------------------------

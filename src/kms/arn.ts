@@ -120,9 +120,9 @@ export function parseRoleArn(raw: string | undefined, flag = '--role-arn'): Role
  * A principal for the trust policy: an IAM ARN (root, user, role) or a 12-digit account id.
  * An assumed-role session ARN is turned into its role's ARN (path unknown: `/`).
  */
-export function parsePrincipal(raw: string | undefined, flag = '--principal'): string {
+export function parsePrincipal(raw: string | undefined, flag = '--principal', defaultPartition = 'aws'): string {
   const input = (raw ?? '').trim();
-  if (ACCOUNT.test(input)) return `arn:aws:iam::${input}:root`;
+  if (ACCOUNT.test(input)) return `arn:${defaultPartition}:iam::${input}:root`;
   const m = /^arn:(aws(?:-[a-z]+)*):(iam|sts)::(\d{12}):(.+)$/.exec(input);
   if (!m) {
     throw new UsageError(`${flag} must be an IAM principal ARN (arn:aws:iam::ACCOUNT-ID:user/NAME, …:role/NAME, …:root) or an account id`);

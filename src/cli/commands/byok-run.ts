@@ -39,6 +39,7 @@ export function renderPolicy(p: PolicySnippets): string {
   return [
     `ExternalId of this installation: ${p.externalId}`,
     `Trusted principal: ${p.principal}${p.principalSource === 'caller' ? ' (you, from sts:GetCallerIdentity; pass --principal to name another)' : ''}`,
+    ...(p.principalNote ? [`Note: ${p.principalNote}`] : []),
     '',
     `1. Permission policy: attach it to the role ${p.roleArn}`,
     json(p.permissionPolicy),
