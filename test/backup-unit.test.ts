@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { tempDir } from './support/fixtures';
 import { findPgTool, majorName, parsePgToolVersion, pgToolEnv } from '../src/core/pg-tools';
 import { checkBackupSpace, fileTimestamp, removeStalePartials } from '../src/core/backup';
-import { copyTextField, parseDumpKeyring } from '../src/core/backup-catalog';
+import { copyTextField, parseDumpKeyring, parseDumpSettings } from '../src/core/backup-catalog';
 import { resolveConnectionConfig } from '../src/db/connection';
 import { PreconditionError } from '../src/errors';
 
@@ -165,6 +165,18 @@ describe('backup files', () => {
       { version: 3, state: 'destroyed', wrapped: null, kekProvider: 'local', kekId: 'mk_1' },
     ]);
     expect(copyTextField('a\\tb\\\\c')).toBe('a\tb\\c');
+    const settings = [
+      'COPY alation_keys.settings (key, value) FROM stdin;',
+      'installation_id\t"1b0c5f0e-0000-4000-8000-000000000001"',
+      'kek_provider\t"aws-kms"',
+      'aws\t{"region": "eu-west-1", "key_arn": "arn:aws:kms:eu-west-1:111122223333:key/abc", "role_arn": "r", "external_id": "e"}',
+      '\\.',
+    ].join('\n');
+    expect(parseDumpSettings(settings)).toEqual({
+      installation_id: '1b0c5f0e-0000-4000-8000-000000000001',
+      kek_provider: 'aws-kms',
+      aws: { region: 'eu-west-1', key_arn: 'arn:aws:kms:eu-west-1:111122223333:key/abc', role_arn: 'r', external_id: 'e' },
+    });
     expect(copyTextField('\\N')).toBeNull();
   });
 });
