@@ -235,4 +235,24 @@ describe('byok onboard', () => {
     server.setKeyState(keyArn, 'Disabled');
     await expectAllValuesDecrypt(await freshKeyring());
   });
+
+  test('a keyring row KMS cannot decrypt is an integrity error (exit 5) naming the version; nothing changes', async () => {
+    const before = snapshot(await readKeyring(inst.db.pool));
+    const settingsBefore = await readSettings(inst.db.pool);
+    const v1 = (await readKeyring(inst.db.pool)).find((k) => k.version === 1)!;
+    const tampered = Buffer.from(v1.wrapped_key!);
+    tampered[tampered.length - 1] ^= 0x01;
+    await inst.db.query('UPDATE alation_keys.keyring SET wrapped_key = $1 WHERE version = 1', [tampered]);
+    try {
+      const r = await runCli(['byok', 'onboard', ...byokArgs(server, server.createKey().arn), '--replace', '--yes'], { env: env() });
+      expect(r.code).toBe(5);
+      expect(r.stderr).toMatch(/error: data key v1 in alation_keys.keyring could not be decrypted by KMS key .* \(InvalidCiphertextException\)/);
+      const after = snapshot(await readKeyring(inst.db.pool));
+      expect(after.filter((k) => k.version !== 1)).toEqual(before.filter((k) => k.version !== 1));
+      expect(after.find((k) => k.version === 1)!.wrapped_key).toBe(tampered.toString('hex'));
+      expect(await readSettings(inst.db.pool)).toEqual(settingsBefore);
+    } finally {
+      await inst.db.query('UPDATE alation_keys.keyring SET wrapped_key = $1 WHERE version = 1', [v1.wrapped_key]);
+    }
+  });
 });
