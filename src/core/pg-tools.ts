@@ -47,6 +47,23 @@ export function parsePgToolVersion(output: string): PgToolVersion | undefined {
   return { text, num };
 }
 
+/**
+ * Debian's pg_wrapper (/usr/bin/pg_dump) picks a version by the cluster PGPORT names, so what
+ * `--version` said may not be what runs: use the versioned binary it stands for instead.
+ */
+function unwrapDebianWrapper(toolPath: string, tool: PgTool, version: PgToolVersion): { path: string; version: PgToolVersion } {
+  let real: string;
+  try {
+    real = fs.realpathSync(toolPath);
+  } catch {
+    return { path: toolPath, version };
+  }
+  if (path.basename(real) !== 'pg_wrapper') return { path: toolPath, version };
+  const direct = path.join('/usr/lib/postgresql', majorName(version.num), 'bin', tool);
+  const v = probePgTool(direct, tool);
+  return v ? { path: direct, version: v } : { path: toolPath, version };
+}
+
 /** Runs `<path> --version`; undefined when it cannot be run or does not look like the tool. */
 export function probePgTool(toolPath: string, tool: PgTool): PgToolVersion | undefined {
   try {
@@ -118,7 +135,7 @@ export function findPgTool(tool: PgTool, opts: FindPgToolOptions): FoundPgTool {
     if (majorKey(v.num) < needMajor) {
       throw new PreconditionError(`${p} is ${tool} ${v.text}, but ${opts.minReason}: ${tool} ${needName} or newer is needed`, { hint });
     }
-    return { tool, path: p, version: v };
+    return { tool, ...unwrapDebianWrapper(p, tool, v) };
   }
   const env = opts.env ?? process.env;
   const candidates: string[] = [];
@@ -139,7 +156,7 @@ export function findPgTool(tool: PgTool, opts: FindPgToolOptions): FoundPgTool {
     seen.add(key);
     const v = probePgTool(c, tool);
     if (!v) continue;
-    if (majorKey(v.num) >= needMajor) return { tool, path: c, version: v };
+    if (majorKey(v.num) >= needMajor) return { tool, ...unwrapDebianWrapper(c, tool, v) };
     tooOld.push(`${c} (${v.text})`);
   }
   const found = tooOld.length ? `only found ${tooOld.join(', ')}` : `no ${tool} found on PATH, in /usr/lib/postgresql/<major>/bin or /usr/pgsql-<major>/bin`;
