@@ -112,8 +112,9 @@ function refreshMarginMs(lifetimeMs: number): number {
 
 /**
  * Credentials for `roleArn`, assumed with `externalId` through `sts`. Cached and refreshed
- * before expiry (5 minutes ahead, or half the session when sessions are short), one
- * AssumeRole at a time; while a refresh fails the old credentials are used until they expire.
+ * before expiry (5 minutes ahead, or half the session when sessions are short) in the
+ * background, one AssumeRole at a time; while a refresh fails or hangs the old credentials
+ * are used until they expire.
  */
 export function assumedRoleCredentials(
   sts: STSClient,
@@ -153,19 +154,24 @@ export function assumedRoleCredentials(
     };
     return current;
   };
-  const provider = async (): Promise<AwsCredentials> => {
-    const now = Date.now();
-    if (current && now < current.refreshAt) return current;
+  const start = (): Promise<AwsCredentials> => {
     if (!pending) {
       pending = assume().finally(() => {
         pending = undefined;
       });
-    }
-    if (current && now < current.expiresAt - 5_000) {
-      // Still valid: refresh in the background, keep using these if the refresh fails.
-      return pending.catch(() => current!);
+      pending.catch(() => undefined); // a background refresh may fail unobserved
     }
     return pending;
+  };
+  const provider = async (): Promise<AwsCredentials> => {
+    const now = Date.now();
+    if (current && now < current.refreshAt) return current;
+    if (current && now < current.expiresAt - 5_000) {
+      // Still valid: refresh in the background and keep using these meanwhile (and if it fails).
+      void start();
+      return current;
+    }
+    return start();
   };
   return Object.assign(provider, { assumeCount: () => count });
 }
