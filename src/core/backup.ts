@@ -298,6 +298,7 @@ function runPgDump(
     let settled = false;
     let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
     let killTimer: NodeJS.Timeout | undefined;
+    let closeTimer: NodeJS.Timeout | undefined;
     const onProcessExit = () => {
       killGroup(child, 'SIGTERM');
       fs.rmSync(target, { recursive: true, force: true });
@@ -317,6 +318,7 @@ function runPgDump(
       settled = true;
       clearInterval(poll);
       if (killTimer) clearTimeout(killTimer);
+      if (closeTimer) clearTimeout(closeTimer);
       opts.signal?.removeEventListener('abort', onAbort);
       process.removeListener('exit', onProcessExit);
       resolve({ code: exit?.code ?? null, signal: exit?.signal ?? null, stderr, spawnError, aborted });
@@ -336,7 +338,8 @@ function runPgDump(
           /* the group is empty */
         }
       }
-      setTimeout(() => finish(), 2000).unref();
+      // Its stderr closes with it, unless something it started holds the pipe: wait at most 2 s.
+      closeTimer = setTimeout(() => finish(), 2000);
     });
     child.on('close', () => finish());
   });
