@@ -66,6 +66,25 @@ function onTerminal(args: string[]) {
   };
 }
 
+test('on a terminal, a mistyped key id is not a confirmation: exit 2, nothing changed', async () => {
+  const key = server.createKey();
+  const keyId = key.arn.split('/').pop()!;
+  const t = onTerminal(['byok', 'onboard', '--region', server.region, '--key-arn', key.arn, '--role-arn', ROLE_ARN]);
+  try {
+    await t.expect(new RegExp(`Type\\s+${keyId}\\s+to confirm`));
+    t.send(`${keyId.slice(0, -1)}x\r`);
+    let timer: NodeJS.Timeout | undefined;
+    const code = await Promise.race([t.exited, new Promise<number>((r) => (timer = setTimeout(() => r(-1), 30_000)))]);
+    clearTimeout(timer);
+    expect(code).toBe(2);
+    expect(t.output()).toContain('not confirmed; nothing was changed');
+  } finally {
+    t.kill();
+  }
+  expect((await readSettings(inst.db.pool)).kek_provider).toBe('local');
+  expect((await readKeyring(inst.db.pool)).every((k) => k.kek_provider === 'local')).toBe(true);
+});
+
 test('on a terminal with flags missing, the wizard asks, shows the snippets, tests, and onboards after the key id is typed', async () => {
   const key = server.createKey();
   const keyId = key.arn.split('/').pop()!;

@@ -483,7 +483,7 @@ export async function planOnboarding(pool: Pool, target: ByokTarget, opts: { rep
     'Deleting the KMS key (or losing access to it) destroys every encrypted value, in the database and in backups taken from now on.',
   ];
   if (!opts.replace) irreversible.push('Backups taken before now still need the local master key file: keep a copy of it for as long as you keep those backups.');
-  if (opts.replace) irreversible.push(`The previous key ${settings.aws!.key_arn} will no longer wrap any data key; keep it until no backup needs it.`);
+  if (opts.replace) irreversible.push(`The previous key ${settings.aws?.key_arn ?? '(unknown)'} will no longer wrap any data key; keep it until no backup needs it.`);
   return {
     target,
     replace: !!opts.replace,
