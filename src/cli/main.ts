@@ -14,7 +14,7 @@ let signalsSeen = 0;
 function onSignal(signal: NodeJS.Signals): void {
   signalsSeen++;
   if (active && signalsSeen === 1 && active.interrupt()) {
-    process.stderr.write(`\n${signal}: finishing the current chunk and checkpointing (send again to stop at once)\n`);
+    process.stderr.write(`\n${signal}: stopping cleanly at the next checkpoint (send again to stop at once)\n`);
     return;
   }
   process.stderr.write(`\ninterrupted by ${signal}\n`);
