@@ -101,6 +101,18 @@ describe('init, columns, status, jobs through the real binary', () => {
     await db.query(`DELETE FROM public.uniq`);
   });
 
+  test('columns remove needs confirmation when values exist: exit 2 without a terminal, done with --yes', async () => {
+    const r = await runCli(['columns', 'remove', 'public."Vault".blob'], { env });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('holds 25 encrypted value(s)');
+    expect(r.stderr).toContain('--yes');
+    expect((await runCliJson(['columns', 'list'], { env })).json.columns).toHaveLength(3);
+    const yes = await runCli(['columns', 'remove', 'public."Vault".blob', '--yes'], { env });
+    expect(yes.code).toBe(0);
+    expect((await runCliJson(['columns', 'list'], { env })).json.columns).toHaveLength(2);
+    expect((await runCli(['columns', 'add', 'public."Vault".blob'], { env })).code).toBe(0);
+  });
+
   test('a master key file readable by others is refused with exit 4 and the fix', async () => {
     fs.chmodSync(env.ALATION_KEYS_MASTER_KEY_FILE!, 0o644);
     try {
