@@ -35,7 +35,6 @@ import { readSettings } from './settings';
 import { CopyBinaryParser, CopyRow, encodeCopyBinary } from './rotation/copy-binary';
 import {
   ColumnPlan,
-  countNotUnder,
   countVersions,
   createStageSql,
   copyIntoStageSql,
@@ -50,8 +49,9 @@ import { envelopeFromText, envelopeVersion, openEnvelope, sealEnvelope } from '.
 
 export type { RotateEvents, ColumnProgress } from './rotation/pipeline';
 
-export const DEFAULT_BATCH_SIZE = 2000;
-export const DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_BATCH_SIZE = 1000;
+/** Chunks are bounded by bytes too, so large values never make one statement huge. */
+export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
 export const DEFAULT_MAX_BACKUP_AGE_MS = 24 * 3_600_000;
 /** The application re-reads the keyring every 30 s by default; wait that long before the last count. */
 export const DEFAULT_SETTLE_MS = 35_000;
@@ -417,7 +417,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     newDek: r.newDek,
     deks: r.deks,
     batchSize,
-    chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
+    chunkBytes: opts.chunkBytes ?? (Number(process.env.ALATION_KEYS_ROTATE_CHUNK_BYTES) || DEFAULT_CHUNK_BYTES),
     stop: stopper.signal,
     limiter: new RateLimiter(opts.maxRate),
     vacuumer,
@@ -464,10 +464,14 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     const settleMs = opts.settleMs ?? DEFAULT_SETTLE_MS;
     const publishedAt = job.started_at.getTime();
     let rounds = 0;
+    let valuesAfter: Record<string, number> = {};
     for (;;) {
       const remaining = new Map<ColumnPlan, number>();
+      valuesAfter = {};
       for (const p of plans) {
-        const n = await countNotUnder(pool, p, toVersion);
+        const counts = await countVersions(pool, p);
+        addCounts(valuesAfter, counts);
+        const n = counts.filter((c) => c.version !== toVersion).reduce((a, c) => a + c.values, 0);
         if (n > 0) remaining.set(p, n);
       }
       const total = [...remaining.values()].reduce((a, b) => a + b, 0);
@@ -502,8 +506,6 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     }
 
     // Retire: old DEKs no value uses any more (kept for old backups, never destroyed here).
-    const valuesAfter: Record<string, number> = {};
-    for (const p of plans) addCounts(valuesAfter, await countVersions(pool, p));
     const retired = await withTransaction(pool, async (tx) => {
       const rr = await tx.query<{ version: number }>(
         `UPDATE alation_keys.keyring SET state = 'retired', retired_at = now()

@@ -30,7 +30,7 @@ export class CopyBinaryParser extends Transform {
   rows = 0;
 
   constructor() {
-    super({ readableObjectMode: true, readableHighWaterMark: 256 });
+    super({ readableObjectMode: true, readableHighWaterMark: 64 });
   }
 
   /** Returns n bytes from the front (a view when they lie in one chunk) and consumes them. */
@@ -136,6 +136,47 @@ export class CopyBinaryParser extends Transform {
       this.push(row);
     }
   }
+}
+
+/**
+ * The same payload as encodeCopyBinary in pieces of about `pieceBytes`, so a large chunk is
+ * never copied whole a second time in memory.
+ */
+export function* encodeCopyBinaryPieces(rows: CopyRow[], pieceBytes = 64 * 1024): Generator<Buffer> {
+  const head = Buffer.alloc(HEADER_FIXED);
+  COPY_SIGNATURE.copy(head, 0);
+  yield head;
+  let start = 0;
+  while (start < rows.length) {
+    let end = start;
+    let size = 0;
+    while (end < rows.length && (end === start || size < pieceBytes)) {
+      size += 2;
+      for (const f of rows[end]) size += 4 + (f ? f.length : 0);
+      end++;
+    }
+    const out = Buffer.allocUnsafe(size);
+    let off = 0;
+    for (let i = start; i < end; i++) off = writeRow(out, off, rows[i]);
+    yield out;
+    start = end;
+  }
+  const trailer = Buffer.alloc(2);
+  trailer.writeInt16BE(-1, 0);
+  yield trailer;
+}
+
+function writeRow(out: Buffer, offset: number, row: CopyRow): number {
+  let off = out.writeInt16BE(row.length, offset);
+  for (const f of row) {
+    if (f === null) {
+      off = out.writeInt32BE(-1, off);
+    } else {
+      off = out.writeInt32BE(f.length, off);
+      off += f.copy(out, off);
+    }
+  }
+  return off;
 }
 
 /** One COPY FROM STDIN (FORMAT binary) payload: header, the rows, trailer. Fields are raw bytes. */

@@ -23,7 +23,7 @@ import {
   sealEnvelope,
 } from '../../crypto/envelope';
 import { IntegrityError } from '../../errors';
-import { CopyBinaryParser, CopyRow, encodeCopyBinary } from './copy-binary';
+import { CopyBinaryParser, CopyRow, encodeCopyBinaryPieces } from './copy-binary';
 import { ColumnPlan, copyIntoStageSql, createStageSql, readPageSql, storedPrefixLength, updateFromStageSql } from './plan';
 import { sleep, testPause } from './util';
 
@@ -246,14 +246,13 @@ export async function saveColumnState(db: Pick<PoolClient, 'query'>, jobId: numb
 
 /** One transaction: stage the chunk, update rows whose value is unchanged, checkpoint. Returns rows updated. */
 async function writeChunk(client: PoolClient, ctx: PassContext, p: ColumnPlan, chunk: Chunk, state: ColumnState): Promise<number> {
-  const payload = encodeCopyBinary(chunk.rows);
   for (let attempt = 1; ; attempt++) {
     try {
       await client.query('BEGIN');
       await client.query(`SET LOCAL lock_timeout = '10s'`);
       await client.query(`SET LOCAL statement_timeout = '5min'`);
       await client.query(createStageSql(p));
-      await pipeline(Readable.from([payload]), client.query(copyFrom(copyIntoStageSql(p))));
+      await pipeline(Readable.from(encodeCopyBinaryPieces(chunk.rows)), client.query(copyFrom(copyIntoStageSql(p))));
       const upd = await client.query(updateFromStageSql(p), [...chunk.lo, ...chunk.hi]);
       const updated = upd.rowCount ?? 0;
       const next: ColumnState = {

@@ -6,7 +6,7 @@ import { Queryable, qualifiedName, quoteIdent } from '../../db/transaction';
 import { PreconditionError } from '../../errors';
 import { EncryptedColumn } from '../columns';
 import { formatColumnName } from '../identifiers';
-import { versionExpr } from '../value-sql';
+import { headerExpr } from '../value-sql';
 
 export interface ColumnPlan {
   col: EncryptedColumn;
@@ -52,6 +52,21 @@ export async function planColumn(db: Queryable, col: EncryptedColumn, index: num
   };
 }
 
+/** The 7-byte envelope header of DEK `version`, as a bytea literal. */
+export function headerLiteral(version: number): string {
+  const v = Number(version);
+  if (!Number.isInteger(v) || v < 1 || v > 0xffffffff) throw new RangeError(`bad DEK version ${version}`);
+  return `'\\x414b01${v.toString(16).padStart(8, '0')}'::bytea`;
+}
+
+/**
+ * "The value is not under `version`", reading the stored header once: cheaper than comparing
+ * versionExpr, which evaluates the header (a TOAST slice fetch for large values) many times.
+ */
+export function notUnderSql(p: ColumnPlan, version: number, alias = ''): string {
+  return `${headerExpr(p.col, alias)} IS DISTINCT FROM ${headerLiteral(version)}`;
+}
+
 /** Row-constructor of the key columns, qualified by `alias`. */
 export function keyTuple(p: ColumnPlan, alias = ''): string {
   const a = alias ? alias + '.' : '';
@@ -89,7 +104,7 @@ export function readPageSql(
   // type, not by its text form.
   const keys = p.keyColumns.map((k, i) => `t.${quoteIdent(k)}::text AS k${i}`).join(', ');
   const v = 't.' + quoteIdent(p.col.column_name);
-  const where = [`${v} IS NOT NULL`, `${versionExpr(p.col, 't')} IS DISTINCT FROM ${Number(toVersion)}`];
+  const where = [`${v} IS NOT NULL`, notUnderSql(p, toVersion, 't')];
   if (watermark) where.unshift(`${keyTuple(p, 't')} > ${keyLiteral(p, watermark, escapeLiteral)}`);
   const order = p.keyColumns.map((k) => 't.' + quoteIdent(k)).join(', ');
   return `COPY (SELECT ${keys}, ${v} AS value FROM ${p.table} AS t WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
@@ -136,19 +151,27 @@ export function updateFromStageSql(p: ColumnPlan): string {
 /** Values (non-NULL) and stored bytes per DEK version (NULL version = not a well-formed envelope). */
 export async function countVersions(db: Queryable, p: ColumnPlan): Promise<VersionCount[]> {
   const v = quoteIdent(p.col.column_name);
-  const r = await db.query<{ version: string | null; n: string; bytes: string | null }>(
-    `SELECT ${versionExpr(p.col)} AS version, count(*) AS n, sum(octet_length(${v}))::bigint AS bytes
-       FROM ${p.table} WHERE ${v} IS NOT NULL GROUP BY 1 ORDER BY 1`,
+  // Grouped by the raw 7-byte header (evaluated once per row); versions are read here.
+  const r = await db.query<{ h: Buffer | null; n: string; bytes: string | null }>(
+    `SELECT ${headerExpr(p.col)} AS h, count(*) AS n, sum(octet_length(${v}))::bigint AS bytes
+       FROM ${p.table} WHERE ${v} IS NOT NULL GROUP BY 1`,
   );
-  return r.rows.map((row) => ({ version: row.version === null ? null : Number(row.version), values: Number(row.n), bytes: Number(row.bytes ?? 0) }));
+  const by = new Map<number | null, VersionCount>();
+  for (const row of r.rows) {
+    const h = row.h;
+    const version = h && h.length === 7 && h[0] === 0x41 && h[1] === 0x4b && h[2] === 0x01 ? h.readUInt32BE(3) : null;
+    const c = by.get(version) ?? { version, values: 0, bytes: 0 };
+    c.values += Number(row.n);
+    c.bytes += Number(row.bytes ?? 0);
+    by.set(version, c);
+  }
+  return [...by.values()].sort((a, b) => (a.version ?? -1) - (b.version ?? -1));
 }
 
 /** Number of non-NULL values not under `version`. */
 export async function countNotUnder(db: Queryable, p: ColumnPlan, version: number): Promise<number> {
   const v = quoteIdent(p.col.column_name);
-  const r = await db.query<{ n: string }>(
-    `SELECT count(*) AS n FROM ${p.table} WHERE ${v} IS NOT NULL AND ${versionExpr(p.col)} IS DISTINCT FROM ${Number(version)}`,
-  );
+  const r = await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${p.table} WHERE ${v} IS NOT NULL AND ${notUnderSql(p, version)}`);
   return Number(r.rows[0].n);
 }
 
