@@ -35,6 +35,7 @@ import { readSettings } from './settings';
 import { CopyBinaryParser, CopyRow, encodeCopyBinary } from './rotation/copy-binary';
 import {
   ColumnPlan,
+  countValues,
   countVersions,
   createStageSql,
   copyIntoStageSql,
@@ -319,16 +320,13 @@ async function createKeyAndJob(
   plans: ColumnPlan[],
   events: Events,
 ): Promise<{ job: JobRecord; dek: Buffer; kekId: string }> {
-  const valuesBefore: Record<string, number> = {};
   const columns: Record<string, ColumnState> = {};
   let rowsTotal = 0;
   for (const p of plans) {
-    const counts = await countVersions(pool, p);
-    addCounts(valuesBefore, counts);
-    const rows = counts.reduce((s, c) => s + c.values, 0);
-    const bytes = counts.reduce((s, c) => s + c.bytes, 0);
+    // Counted without reading values (per-version counts come from the first pass itself).
+    const { values: rows, bytes } = await countValues(pool, p);
     rowsTotal += rows;
-    columns[p.name] = { watermark: null, pass: 1, done: false, rows, bytes, rowsDone: 0, bytesDone: 0, skipped: 0 };
+    columns[p.name] = { watermark: null, pass: 1, done: false, rows, bytes, rowsDone: 0, bytesDone: 0, skipped: 0, before: {} };
   }
   let target = provider;
   let newMasterKeyId: string | undefined;
@@ -351,7 +349,7 @@ async function createKeyAndJob(
       fromVersion: added.previousPrimary,
       toVersion: added.version,
       rowsTotal,
-      detail: { columns, valuesBefore, kekId: target.currentKekId(), masterKeyAdded: newMasterKeyId ?? null, rewrapped },
+      detail: { columns, kekId: target.currentKekId(), masterKeyAdded: newMasterKeyId ?? null, rewrapped },
     });
     return { job, dek: added.dek, rewrapped };
   });
@@ -404,6 +402,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       rowsDone: saved?.rowsDone ?? 0,
       bytesDone: saved?.bytesDone ?? 0,
       skipped: saved?.skipped ?? 0,
+      before: saved?.before ?? {},
     });
   }
   const sizes = new Map<string, number>();
@@ -530,7 +529,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       toVersion,
       kekId: r.kekId,
       retiredVersions: retired,
-      valuesBefore: (detail.valuesBefore as Record<string, number>) ?? {},
+      valuesBefore: beforeOf(plans.map((p) => states.get(p.name)!)),
       valuesAfter,
       columns,
       rows: final.rows_done,
@@ -554,6 +553,13 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   } finally {
     opts.signal?.removeEventListener('abort', onSignal);
   }
+}
+
+/** Values per DEK version when the job started, as its first pass read them. */
+function beforeOf(states: ColumnState[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const s of states) for (const [v, n] of Object.entries(s.before ?? {})) out[v] = (out[v] ?? 0) + n;
+  return out;
 }
 
 function interrupted(jobId: number): InterruptedError {
@@ -644,7 +650,7 @@ async function measureSample(pool: Pool, plans: ColumnPlan[], deks: Map<number, 
       const staged: CopyRow[] = [];
       broken = true;
       for await (const f of parser as AsyncIterable<CopyRow>) {
-        const raw = f[p.keyColumns.length]!;
+        const raw = f[p.keyColumns.length + 1]!;
         let out: Buffer = raw;
         try {
           const env = p.col.storage === 'text' ? envelopeFromText(raw.toString('utf8')) : raw;
@@ -656,7 +662,7 @@ async function measureSample(pool: Pool, plans: ColumnPlan[], deks: Map<number, 
         } catch {
           /* the real run reports bad values; the sample only times */
         }
-        staged.push([...f.slice(0, p.keyColumns.length), raw.subarray(0, 19), out]);
+        staged.push([...f.slice(0, p.keyColumns.length + 1), raw.subarray(0, 19), out]);
         rowsN++;
         bytes += raw.length;
       }

@@ -38,6 +38,8 @@ export interface ColumnState {
   rowsDone: number;
   bytesDone: number;
   skipped: number;
+  /** Values read per DEK version in the first pass: the "before" of the summary. */
+  before?: Record<string, number>;
 }
 
 export interface ColumnProgress {
@@ -130,6 +132,8 @@ interface Chunk {
   hi: string[];
   count: number;
   bytes: number;
+  /** Values read per DEK version (including ones already under the new key). */
+  versions: Record<string, number>;
 }
 
 const RETRYABLE = new Set(['55P03', '57014', '40P01', '40001']);
@@ -150,7 +154,7 @@ function integrity(p: ColumnPlan, keys: string[], why: string, version?: number)
 }
 
 /** Decrypts one value under its own DEK and seals it under the new one: a staging row. */
-function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: CopyRow; keys: string[]; bytes: number } {
+function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: CopyRow | null; keys: string[]; bytes: number; version: number } {
   const nk = p.keyColumns.length;
   const keys: string[] = [];
   const out: CopyRow = [];
@@ -159,7 +163,8 @@ function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: Cop
     keys.push(k ? k.toString('utf8') : '');
     out.push(k ? Buffer.from(k) : null);
   }
-  const raw = fields[nk]!;
+  const xmin = fields[nk]!;
+  const raw = fields[nk + 1]!;
   let envelope: Buffer;
   let version: number;
   try {
@@ -168,6 +173,8 @@ function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: Cop
   } catch (err) {
     throw integrity(p, keys, `is not a valid envelope (${(err as Error).message})`);
   }
+  // Already under the new key (written by an up-to-date application instance): leave it.
+  if (version === ctx.toVersion) return { row: null, keys, bytes: 0, version };
   const dek = ctx.deks.get(version);
   if (!dek) throw integrity(p, keys, `names data key v${version}, which the keyring does not have (destroyed?)`, version);
   let plain: Buffer;
@@ -188,12 +195,12 @@ function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: Cop
     oldPrefix = Buffer.from(envelope.subarray(0, ENVELOPE_PREFIX_LENGTH));
     newValue = sealed;
   }
-  out.push(oldPrefix, newValue);
-  return { row: out, keys, bytes: newValue.length };
+  out.push(Buffer.from(xmin), oldPrefix, newValue);
+  return { row: out, keys, bytes: newValue.length, version };
 }
 
 /** Reads pages after the watermark and yields re-encrypted chunks. Owns the reader connection. */
-async function* produceChunks(ctx: PassContext, p: ColumnPlan, startWatermark: string[] | null): AsyncGenerator<Chunk> {
+async function* produceChunks(ctx: PassContext, p: ColumnPlan, startWatermark: string[] | null, filter: boolean): AsyncGenerator<Chunk> {
   const pageRows = Math.max(ctx.batchSize * 4, 1000);
   const client = await ctx.pool.connect();
   let broken = false;
@@ -201,7 +208,7 @@ async function* produceChunks(ctx: PassContext, p: ColumnPlan, startWatermark: s
     let watermark = startWatermark;
     let chunk: Chunk | null = null;
     for (;;) {
-      const sql = readPageSql(p, ctx.toVersion, watermark, pageRows, (s) => client.escapeLiteral(s));
+      const sql = readPageSql(p, ctx.toVersion, watermark, pageRows, (s) => client.escapeLiteral(s), filter);
       const src = client.query(copyTo(sql));
       const parser = new CopyBinaryParser();
       src.on('error', (err) => parser.destroy(err));
@@ -212,9 +219,11 @@ async function* produceChunks(ctx: PassContext, p: ColumnPlan, startWatermark: s
         n++;
         const r = reencrypt(ctx, p, fields);
         watermark = r.keys;
-        if (!chunk) chunk = { rows: [], lo: r.keys, hi: r.keys, count: 0, bytes: 0 };
-        chunk.rows.push(r.row);
+        if (!chunk) chunk = { rows: [], lo: r.keys, hi: r.keys, count: 0, bytes: 0, versions: {} };
         chunk.hi = r.keys;
+        chunk.versions[r.version] = (chunk.versions[r.version] ?? 0) + 1;
+        if (!r.row) continue;
+        chunk.rows.push(r.row);
         chunk.count++;
         chunk.bytes += r.bytes;
         if (chunk.count >= ctx.batchSize || chunk.bytes >= ctx.chunkBytes) {
@@ -262,6 +271,11 @@ async function writeChunk(client: PoolClient, ctx: PassContext, p: ColumnPlan, c
         bytesDone: state.bytesDone + chunk.bytes,
         skipped: state.skipped + (chunk.count - updated),
       };
+      if (state.pass === 1) {
+        const before = { ...(state.before ?? {}) };
+        for (const [v, n] of Object.entries(chunk.versions)) before[v] = (before[v] ?? 0) + n;
+        next.before = before;
+      }
       await client.query(checkpointSql(), [ctx.jobId, updated, chunk.bytes, p.name, JSON.stringify(next)]);
       await client.query('COMMIT');
       Object.assign(state, next);
@@ -306,7 +320,7 @@ export async function rotateColumnPass(ctx: PassContext, p: ColumnPlan, state: C
   if (ctx.stop.aborted) return { stopped: true };
   const writer = await ctx.pool.connect();
   let writerBroken = false;
-  const chunks = Readable.from(produceChunks(ctx, p, state.watermark), { objectMode: true, highWaterMark: 1 });
+  const chunks = Readable.from(produceChunks(ctx, p, state.watermark, state.pass > 1), { objectMode: true, highWaterMark: 1 });
   let stopped = false;
   try {
     for await (const chunk of chunks as AsyncIterable<Chunk>) {

@@ -87,8 +87,10 @@ export function keyParams(p: ColumnPlan, first: number): string {
 }
 
 /**
- * The COPY that reads one page: keys as text, then the value, in key order, after the
- * watermark, only values not already under `toVersion`.
+ * The COPY that reads one page: keys as text, the row version's xmin, then the value, in key
+ * order, after the watermark. With `filter`, only values not already under `toVersion` (the
+ * header is read in SQL: for TOASTed values an extra slice fetch per row, so the first pass
+ * leaves this to the client, which skips values already under the new key itself).
  *
  * COPY cannot take bind parameters ($1), so the watermark is inlined as escaped literals
  * (client.escapeLiteral) cast to the key types, and identifiers are quoted with quoteIdent.
@@ -99,15 +101,17 @@ export function readPageSql(
   watermark: string[] | null,
   limit: number,
   escapeLiteral: (s: string) => string,
+  filter = true,
 ): string {
   // Output columns are renamed (k0, k1, …) so that ORDER BY t.key sorts by the key's own
   // type, not by its text form.
   const keys = p.keyColumns.map((k, i) => `t.${quoteIdent(k)}::text AS k${i}`).join(', ');
   const v = 't.' + quoteIdent(p.col.column_name);
-  const where = [`${v} IS NOT NULL`, notUnderSql(p, toVersion, 't')];
+  const where = [`${v} IS NOT NULL`];
+  if (filter) where.push(notUnderSql(p, toVersion, 't'));
   if (watermark) where.unshift(`${keyTuple(p, 't')} > ${keyLiteral(p, watermark, escapeLiteral)}`);
   const order = p.keyColumns.map((k) => 't.' + quoteIdent(k)).join(', ');
-  return `COPY (SELECT ${keys}, ${v} AS value FROM ${p.table} AS t WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
+  return `COPY (SELECT ${keys}, t.xmin::text AS row_xmin, ${v} AS value FROM ${p.table} AS t WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
 }
 
 export function stageTableName(p: ColumnPlan): string {
@@ -118,7 +122,7 @@ export function stageTableName(p: ColumnPlan): string {
 export function createStageSql(p: ColumnPlan): string {
   const keys = p.keyColumns.map((_, i) => `k${i} text`).join(', ');
   const t = p.col.storage === 'bytea' ? 'bytea' : 'text';
-  return `CREATE TEMP TABLE IF NOT EXISTS ${stageTableName(p)} (${keys}, old_prefix ${t}, new_value ${t}) ON COMMIT DELETE ROWS`;
+  return `CREATE TEMP TABLE IF NOT EXISTS ${stageTableName(p)} (${keys}, row_xmin text, old_prefix ${t}, new_value ${t}) ON COMMIT DELETE ROWS`;
 }
 
 export function copyIntoStageSql(p: ColumnPlan): string {
@@ -133,7 +137,9 @@ export function storedPrefixLength(p: ColumnPlan): number {
 
 /**
  * The chunk's UPDATE: a row changes only if its stored value still starts with what was read
- * (header and random nonce), so a value the application wrote meanwhile is never overwritten.
+ * (the 19-byte header and random nonce), so a value the application wrote meanwhile is never
+ * overwritten. An unchanged row version (same xmin) implies an unchanged value and is checked
+ * first: it lives in the tuple header, while the prefix of a TOASTed value costs a TOAST read.
  * $1… are the chunk's low key values, then the high key values (a range predicate keeps the
  * plan on the key index).
  */
@@ -144,8 +150,15 @@ export function updateFromStageSql(p: ColumnPlan): string {
   const prefixLen = storedPrefixLength(p);
   return `UPDATE ${p.table} AS t SET ${v} = s.new_value FROM ${stageTableName(p)} AS s
            WHERE ${join}
-             AND substring(t.${v} FROM 1 FOR ${prefixLen}) = s.old_prefix
+             AND (t.xmin = s.row_xmin::xid OR substring(t.${v} FROM 1 FOR ${prefixLen}) = s.old_prefix)
              AND ${keyTuple(p, 't')} >= ${keyParams(p, 1)} AND ${keyTuple(p, 't')} <= ${keyParams(p, 1 + n)}`;
+}
+
+/** Non-NULL values and their stored bytes, without reading any value (no TOAST access). */
+export async function countValues(db: Queryable, p: ColumnPlan): Promise<{ values: number; bytes: number }> {
+  const v = quoteIdent(p.col.column_name);
+  const r = await db.query<{ n: string; bytes: string | null }>(`SELECT count(${v}) AS n, sum(octet_length(${v}))::bigint AS bytes FROM ${p.table}`);
+  return { values: Number(r.rows[0].n), bytes: Number(r.rows[0].bytes ?? 0) };
 }
 
 /** Values (non-NULL) and stored bytes per DEK version (NULL version = not a well-formed envelope). */
