@@ -110,8 +110,9 @@ export async function markOrphanedJobs(db: Queryable, opts: { holdingLock?: bool
     `UPDATE alation_keys.jobs SET state = 'interrupted', finished_at = coalesce(finished_at, updated_at), updated_at = now(),
             error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')
       WHERE state = 'running'
-        AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid
-                          AND objid = $2::int::oid AND objsubid = 2 AND granted)`,
+        AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+                          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                          AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted)`,
     [MAINTENANCE_LOCK[0], MAINTENANCE_LOCK[1]],
   );
   return r.rowCount ?? 0;

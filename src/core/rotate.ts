@@ -19,7 +19,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool } from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { acquireAdvisoryLock, HeldLock, MAINTENANCE_LOCK, withTransaction } from '../db/transaction';
+import { acquireAdvisoryLock, advisoryLockHolder, HeldLock, MAINTENANCE_LOCK, withTransaction } from '../db/transaction';
 import { requireInitialised } from '../db/migrations';
 import { IntegrityError, InterruptedError, OperationError, PreconditionError, ProviderError } from '../errors';
 import { createKeyProvider, ProviderOptions } from '../kms';
@@ -572,11 +572,8 @@ function interrupted(jobId: number): InterruptedError {
 async function dryRun(pool: Pool, opts: RotateOptions, rows: KeyringRow[], primary: KeyringRow, resumable: JobRecord | undefined): Promise<RotatePlan> {
   const preflight: string[] = [];
   const { provider, deks } = await openProvider(pool, opts, rows);
-  const holder = await pool.query<{ pid: number }>(
-    `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted LIMIT 1`,
-    [MAINTENANCE_LOCK[0], MAINTENANCE_LOCK[1]],
-  );
-  if (holder.rows[0]) preflight.push(`the maintenance lock is held by ${await describeLockHolder(pool, holder.rows[0].pid)}`);
+  const holderPid = await advisoryLockHolder(pool);
+  if (holderPid !== undefined) preflight.push(`the maintenance lock is held by ${await describeLockHolder(pool, holderPid)}`);
   let headroom: Headroom;
   try {
     headroom = await checkHeadroom(pool, { ...opts, skipDiskCheck: false }, {});

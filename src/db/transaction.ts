@@ -27,6 +27,21 @@ export async function withTransaction<T>(pool: Pool, fn: (client: PoolClient) =>
 /** The advisory lock that lets one maintenance job (rotate, backup, onboard) run at a time. */
 export const MAINTENANCE_LOCK: readonly [number, number] = [0x414b4559, 1];
 
+/**
+ * The backend holding an advisory lock in THIS database (advisory locks are per database;
+ * other databases on the same server may hold the same key), or undefined.
+ */
+export async function advisoryLockHolder(db: Queryable, key: readonly [number, number] = MAINTENANCE_LOCK): Promise<number | undefined> {
+  const r = await db.query<{ pid: number }>(
+    `SELECT pid FROM pg_locks
+      WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted
+      LIMIT 1`,
+    [key[0], key[1]],
+  );
+  return r.rows[0]?.pid;
+}
+
 export interface HeldLock {
   release(): Promise<void>;
 }
@@ -46,12 +61,7 @@ export async function acquireAdvisoryLock(
     const r = await client.query<{ ok: boolean }>('SELECT pg_try_advisory_lock($1, $2) AS ok', [key[0], key[1]]);
     ok = r.rows[0].ok;
     if (!ok) {
-      const holder = await client.query<{ pid: number }>(
-        `SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = $1::int::oid AND objid = $2::int::oid
-           AND objsubid = 2 AND granted LIMIT 1`,
-        [key[0], key[1]],
-      );
-      const who = await describeHolder(holder.rows[0]?.pid);
+      const who = await describeHolder(await advisoryLockHolder(client, key));
       throw new PreconditionError(`another alation-keys job holds the maintenance lock: ${who}`, {
         hint: 'wait for it to finish (see `alation-keys jobs`), then run this again',
       });
