@@ -177,7 +177,7 @@ const TABLES = [
 ];
 
 /** The same rewrite without cryptography: the limit of the write path. */
-async function referencePipeline(pool: Pool): Promise<{ seconds: number; rows: number; bytes: number; vacuums: number }> {
+export async function referencePipeline(pool: Pool): Promise<{ seconds: number; rows: number; bytes: number; vacuums: number }> {
   const t0 = Date.now();
   let rows = 0;
   let bytes = 0;
@@ -360,6 +360,12 @@ async function main() {
         log(
           `  limit:      ${res.limit.seconds.toFixed(1)} s, ${fmt(res.limit.valuesPerSecond)} values/s, ${res.limit.mbPerSecond.toFixed(1)} MB/s (no crypto: COPY out, COPY to staging, UPDATE … FROM, same chunks and vacuum cadence); WAL ${fmt(res.limit.walMb)} MB`,
         );
+        // Same physical state as the limit run had (tables rewritten once, space reused).
+        const again = await runRotate(inst);
+        res.rotateAgain = { seconds: again.seconds, valuesPerSecond: inst.values / again.seconds, mbPerSecond: inst.bytes / MB / again.seconds, peakRssMb: again.peakRssKb / 1024 };
+        log(
+          `  rotate #2:  ${again.seconds.toFixed(1)} s, ${fmt(res.rotateAgain.valuesPerSecond)} values/s, ${res.rotateAgain.mbPerSecond.toFixed(1)} MB/s; peak RSS ${res.rotateAgain.peakRssMb.toFixed(0)} MB (right after the limit run, same table state)`,
+        );
         const rb = await rowByRow(inst, args.rowSample);
         res.rowByRow = {
           sampleRows: rb.rows,
@@ -372,10 +378,11 @@ async function main() {
         );
         res.ratios = {
           rotateVsLimit: res.limit.seconds / res.rotate.seconds,
+          rotateAgainVsLimit: res.limit.seconds / res.rotateAgain.seconds,
           rotateVsRowByRow: res.rowByRow.extrapolatedSeconds / res.rotate.seconds,
         };
         log(
-          `  ratios:     rotate = ${res.ratios.rotateVsLimit.toFixed(2)} × the limit (target ≥ 0.9), ${res.ratios.rotateVsRowByRow.toFixed(1)} × row-by-row (target ≥ 8); ` +
+          `  ratios:     rotate = ${res.ratios.rotateVsLimit.toFixed(2)} × the limit (rotate #2: ${res.ratios.rotateAgainVsLimit.toFixed(2)}; target ≥ 0.9), ${res.ratios.rotateVsRowByRow.toFixed(1)} × row-by-row (target ≥ 8); ` +
             `growth ${(res.rotate.growthRatio).toFixed(2)} × database (target ≤ 0.3); RSS ${res.rotate.peakRssMb.toFixed(0)} MB (target < 200)`,
         );
       }
@@ -398,7 +405,9 @@ async function main() {
   }
 }
 
-main().catch((err) => {
-  process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
-  process.exit(1);
-});
+if (require.main === module) {
+  main().catch((err) => {
+    process.stderr.write(`bench failed: ${err.stack ?? err}\n`);
+    process.exit(1);
+  });
+}

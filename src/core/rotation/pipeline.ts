@@ -14,10 +14,13 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool, PoolClient } from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { randomBytes } from 'node:crypto';
 import {
   ENVELOPE_PREFIX_LENGTH,
   EnvelopeAuthError,
-  envelopeFromText,
+  EnvelopeFormatError,
+  NONCE_LENGTH,
+  TEXT_PREFIX,
   envelopeVersion,
   openEnvelope,
   sealEnvelope,
@@ -153,6 +156,40 @@ function integrity(p: ColumnPlan, keys: string[], why: string, version?: number)
   );
 }
 
+const NONCE_BATCH = 4096;
+let nonces = Buffer.alloc(0);
+let nonceOffset = 0;
+/**
+ * Random 96-bit nonces drawn from the CSPRNG 4096 at a time: one randomBytes call per value
+ * is a measurable share of the rotation's CPU. Each nonce is used once.
+ */
+function nextNonce(): Buffer {
+  if (nonceOffset >= nonces.length) {
+    nonces = randomBytes(NONCE_LENGTH * NONCE_BATCH);
+    nonceOffset = 0;
+  }
+  const n = nonces.subarray(nonceOffset, nonceOffset + NONCE_LENGTH);
+  nonceOffset += NONCE_LENGTH;
+  return n;
+}
+
+const TEXT_PREFIX_BYTES = Buffer.from(TEXT_PREFIX, 'latin1');
+
+/**
+ * The binary envelope of a text-storage value (`ak1:` + canonical base64), as strict as
+ * envelopeFromText: a body that does not re-encode to exactly itself (bad characters, missing
+ * padding, non-canonical bits, non-ASCII bytes) is refused. Works on the raw bytes COPY gave.
+ */
+function textEnvelope(raw: Buffer): Buffer {
+  if (raw.length < TEXT_PREFIX_BYTES.length || raw.compare(TEXT_PREFIX_BYTES, 0, TEXT_PREFIX_BYTES.length, 0, TEXT_PREFIX_BYTES.length) !== 0) {
+    throw new EnvelopeFormatError('not an envelope (text value without the ak1: prefix)');
+  }
+  const body = raw.toString('latin1', TEXT_PREFIX_BYTES.length);
+  const bytes = Buffer.from(body, 'base64');
+  if (bytes.toString('base64') !== body) throw new EnvelopeFormatError('not an envelope (malformed or non-canonical base64)');
+  return bytes;
+}
+
 /** Decrypts one value under its own DEK and seals it under the new one: a staging row. */
 function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: CopyRow | null; keys: string[]; bytes: number; version: number } {
   const nk = p.keyColumns.length;
@@ -168,7 +205,7 @@ function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: Cop
   let envelope: Buffer;
   let version: number;
   try {
-    envelope = p.col.storage === 'text' ? envelopeFromText(raw.toString('utf8')) : raw;
+    envelope = p.col.storage === 'text' ? textEnvelope(raw) : raw;
     version = envelopeVersion(envelope);
   } catch (err) {
     throw integrity(p, keys, `is not a valid envelope (${(err as Error).message})`);
@@ -184,7 +221,7 @@ function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: Cop
     if (err instanceof EnvelopeAuthError) throw integrity(p, keys, `failed authentication under data key v${version}`, version);
     throw err;
   }
-  const sealed = sealEnvelope(ctx.newDek, ctx.toVersion, plain, p.col.context);
+  const sealed = sealEnvelope(ctx.newDek, ctx.toVersion, plain, p.col.context, nextNonce());
   plain.fill(0);
   let oldPrefix: Buffer;
   let newValue: Buffer;

@@ -140,6 +140,8 @@ export function storedPrefixLength(p: ColumnPlan): number {
  * (the 19-byte header and random nonce), so a value the application wrote meanwhile is never
  * overwritten. An unchanged row version (same xmin) implies an unchanged value and is checked
  * first: it lives in the tuple header, while the prefix of a TOASTed value costs a TOAST read.
+ * Frozen rows show xmin 2 (and bootstrap rows 1) whatever wrote them, so for those only the
+ * prefix counts: a row frozen when read and rewritten and frozen again must not match.
  * $1… are the chunk's low key values, then the high key values (a range predicate keeps the
  * plan on the key index).
  */
@@ -150,7 +152,7 @@ export function updateFromStageSql(p: ColumnPlan): string {
   const prefixLen = storedPrefixLength(p);
   return `UPDATE ${p.table} AS t SET ${v} = s.new_value FROM ${stageTableName(p)} AS s
            WHERE ${join}
-             AND (t.xmin = s.row_xmin::xid OR substring(t.${v} FROM 1 FOR ${prefixLen}) = s.old_prefix)
+             AND ((s.row_xmin NOT IN ('1', '2') AND t.xmin = s.row_xmin::xid) OR substring(t.${v} FROM 1 FOR ${prefixLen}) = s.old_prefix)
              AND ${keyTuple(p, 't')} >= ${keyParams(p, 1)} AND ${keyTuple(p, 't')} <= ${keyParams(p, 1 + n)}`;
 }
 
