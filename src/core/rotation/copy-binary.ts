@@ -35,6 +35,7 @@ export class CopyBinaryParser extends Transform {
 
   /** Returns n bytes from the front (a view when they lie in one chunk) and consumes them. */
   private takeBytes(n: number): Buffer {
+    if (n === 0) return Buffer.alloc(0);
     const first = this.chunks[0];
     if (first.length >= n) {
       const out = first.subarray(0, n);
