@@ -8,8 +8,10 @@
  *                from /proc/PID/status VmHWM, database size sampled every 0.5 s (peak growth),
  *                WAL written (pg_current_wal_lsn difference).
  *   2. limit     (largest size only) the same rewrite without cryptography: binary COPY out in
- *                pages, COPY into a staging table, one UPDATE … FROM per chunk with a key range,
- *                same chunk size, reading overlapped with writing, same VACUUM cadence.
+ *                pages, COPY into a staging table (values inline where they fit, as rotate's),
+ *                one UPDATE … FROM per chunk with a key range, same chunk size, reading
+ *                overlapped with writing, same VACUUM cadence.
+ *   2b. rotate #2 (largest size only) a second rotation, in the table state the limit run had.
  *   3. row-by-row (largest size only) what a quick script does: SELECT a page, decrypt,
  *                encrypt, one autocommitted UPDATE per row; measured on a sample of rows
  *                spread over the tables and extrapolated to the whole database by values/s.
@@ -222,10 +224,11 @@ export async function referencePipeline(pool: Pool): Promise<{ seconds: number; 
     }
     const writer = await pool.connect();
     try {
+      await writer.query(`CREATE TEMP TABLE IF NOT EXISTS ref_stage (k0 text, v ${t.storage}) ON COMMIT DELETE ROWS`);
+      await writer.query(`ALTER TABLE ref_stage ALTER COLUMN v SET STORAGE MAIN`); // as rotate's staging table
       const stream = Readable.from(chunks(), { objectMode: true, highWaterMark: 1 });
       for await (const c of stream as AsyncIterable<{ rows: CopyRow[]; lo: string; hi: string; bytes: number }>) {
         await writer.query('BEGIN');
-        await writer.query(`CREATE TEMP TABLE IF NOT EXISTS ref_stage (k0 text, v ${t.storage}) ON COMMIT DELETE ROWS`);
         await pipeline(Readable.from([encodeCopyBinary(c.rows)]), writer.query(copyFrom('COPY ref_stage FROM STDIN (FORMAT binary)')));
         await writer.query(
           `UPDATE ${t.table} AS t SET ${t.column} = s.v FROM ref_stage s WHERE t.id = s.k0::bigint AND t.id >= $1::bigint AND t.id <= $2::bigint`,

@@ -27,7 +27,7 @@ import {
 } from '../../crypto/envelope';
 import { IntegrityError } from '../../errors';
 import { CopyBinaryParser, CopyRow, encodeCopyBinaryPieces } from './copy-binary';
-import { ColumnPlan, copyIntoStageSql, createStageSql, readPageSql, storedPrefixLength, updateFromStageSql } from './plan';
+import { ColumnPlan, copyIntoStageSql, createStageSql, readPageSql, stageStorageSql, storedPrefixLength, updateFromStageSql } from './plan';
 import { sleep, testPause } from './util';
 
 /** Per-column checkpoint, kept in jobs.detail.columns[<column>]. */
@@ -297,7 +297,6 @@ async function writeChunk(client: PoolClient, ctx: PassContext, p: ColumnPlan, c
       await client.query('BEGIN');
       await client.query(`SET LOCAL lock_timeout = '10s'`);
       await client.query(`SET LOCAL statement_timeout = '5min'`);
-      await client.query(createStageSql(p));
       await pipeline(Readable.from(encodeCopyBinaryPieces(chunk.rows)), client.query(copyFrom(copyIntoStageSql(p))));
       const upd = await client.query(updateFromStageSql(p), [...chunk.lo, ...chunk.hi]);
       const updated = upd.rowCount ?? 0;
@@ -357,6 +356,13 @@ export async function rotateColumnPass(ctx: PassContext, p: ColumnPlan, state: C
   if (ctx.stop.aborted) return { stopped: true };
   const writer = await ctx.pool.connect();
   let writerBroken = false;
+  try {
+    await writer.query(createStageSql(p));
+    await writer.query(stageStorageSql(p));
+  } catch (err) {
+    writer.release(true);
+    throw err;
+  }
   const chunks = Readable.from(produceChunks(ctx, p, state.watermark, state.pass > 1), { objectMode: true, highWaterMark: 1 });
   let stopped = false;
   try {
