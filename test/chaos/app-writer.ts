@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import { Pool } from 'pg';
 import { openKeyring } from '../../src/core/keyring-client';
 import { BLOBS, CREDENTIALS, DOCUMENTS } from '../../scripts/lib/rosemeta';
+import { seededRandom } from './random';
 
 const TABLES = {
   [CREDENTIALS]: { table: 'public.credentials', column: 'secret', label: 'name' },
@@ -17,24 +18,12 @@ const TABLES = {
   [BLOBS]: { table: 'public.blobs', column: 'payload', label: 'kind' },
 } as const;
 
-function rng(seed: number) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x100000000;
-  };
-}
-
 async function main() {
   const [url, masterKeyFile, logFile, maxIdText, insertFromText, durationText, seedText] = process.argv.slice(2);
   const maxId = Number(maxIdText);
   let nextInsert = Number(insertFromText);
   const until = Date.now() + Number(durationText);
-  const random = rng(Number(seedText));
+  const random = seededRandom(Number(seedText));
   const pool = new Pool({ connectionString: url, max: 2, application_name: 'chaos/app-writer' });
   pool.on('error', () => undefined);
   const fresh = await openKeyring({ pool, masterKeyFile, refreshSeconds: 1 });

@@ -33,6 +33,7 @@ import {
 } from '../../scripts/lib/rosemeta';
 import { EmbeddedServer, startEmbeddedPostgres } from '../../scripts/lib/embedded-postgres';
 import { FakeAws, startFakeAws } from '../support/fake-aws';
+import { seededRandom } from './random';
 
 const ROOT = path.resolve(__dirname, '../../..');
 const BIN = path.join(ROOT, 'bin/alation-keys');
@@ -55,18 +56,6 @@ function parseOptions(argv: string[]) {
     }
   }
   return o;
-}
-
-function seededRandom(seed: number) {
-  let s = seed >>> 0 || 1;
-  return () => {
-    s ^= s << 13;
-    s >>>= 0;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    s >>>= 0;
-    return s / 0x100000000;
-  };
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

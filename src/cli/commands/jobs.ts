@@ -3,7 +3,7 @@ import { listJobs, markOrphanedJobs, requireJob } from '../../core/jobs';
 import { requireInitialised } from '../../db/migrations';
 import { UsageError } from '../../errors';
 import { CommandContext, Runner } from '../context';
-import { formatCount, formatTime, renderTable } from '../render';
+import { formatCount, formatTime, renderJobsTable } from '../render';
 
 async function listAction(ctx: CommandContext, opts: { limit?: string; kind?: string }) {
   await requireInitialised(ctx.pool);
@@ -13,22 +13,7 @@ async function listAction(ctx: CommandContext, opts: { limit?: string; kind?: st
   const jobs = await listJobs(ctx.pool, { limit, kind: opts.kind });
   if (ctx.globals.json) return ctx.io.printJson({ jobs });
   if (jobs.length === 0) return ctx.io.print('no jobs recorded');
-  ctx.io.print(
-    renderTable(
-      ctx.io,
-      ['id', 'kind', 'state', 'versions', 'rows', 'started', 'finished', 'actor'],
-      jobs.map((j) => [
-        j.id,
-        j.kind,
-        j.state,
-        j.to_version ? `${j.from_version ?? ''}→${j.to_version}` : '',
-        j.rows_total !== null ? `${formatCount(j.rows_done)}/${formatCount(j.rows_total)}` : formatCount(j.rows_done || null),
-        formatTime(j.started_at),
-        formatTime(j.finished_at),
-        j.actor,
-      ]),
-    ),
-  );
+  ctx.io.print(renderJobsTable(ctx.io, jobs, { actor: true }));
 }
 
 export function register(program: Command, run: Runner): void {

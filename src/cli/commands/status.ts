@@ -4,7 +4,7 @@ import { formatBytes } from '../../core/headroom';
 import { PreconditionError } from '../../errors';
 import { IOStreams } from '../io';
 import { Runner } from '../context';
-import { formatCount, formatTime, renderTable } from '../render';
+import { formatCount, formatTime, renderJobsTable, renderTable } from '../render';
 
 export function register(program: Command, run: Runner): void {
   const cmd = program
@@ -71,21 +71,7 @@ export function renderStatus(io: IOStreams, r: StatusReport): string {
   if (r.recentJobs.length) {
     out.push('');
     out.push('recent jobs');
-    out.push(
-      renderTable(
-        io,
-        ['id', 'kind', 'state', 'versions', 'rows', 'started', 'finished'],
-        r.recentJobs.map((j) => [
-          j.id,
-          j.kind,
-          j.state,
-          j.to_version ? `${j.from_version ?? ''}→${j.to_version}` : '',
-          j.rows_total !== null ? `${formatCount(j.rows_done)}/${formatCount(j.rows_total)}` : formatCount(j.rows_done || null),
-          formatTime(j.started_at),
-          formatTime(j.finished_at),
-        ]),
-      ),
-    );
+    out.push(renderJobsTable(io, r.recentJobs));
   }
   out.push('');
   if (r.attention.length) {
