@@ -187,4 +187,20 @@ describe('rotation', () => {
     expect((await keyringRows(inst.db.pool)).map((k) => k.version)).toEqual([1, 2, 3, 4]);
     await verifyAllUnder(4);
   });
+
+  test('--backup takes a backup under the lock first; a fresh backup then satisfies the check', async () => {
+    const dir = fs.mkdtempSync(`${inst.dir}/backups-`);
+    const r = await runCliJson(['rotate', '--backup', '--backup-dir', dir, '--settle-time', '0'], { env: inst.env });
+    expect([r.code, r.stderr]).toEqual([0, expect.stringMatching(/taking a backup first/)]);
+    expect(r.json.toVersion).toBe(5);
+    expect(r.json.backup.jobId).toBeGreaterThan(0);
+    expect(fs.existsSync(r.json.backup.file)).toBe(true);
+    const b = await inst.db.query(`SELECT state FROM alation_keys.jobs WHERE id = $1`, [r.json.backup.jobId]);
+    expect(b.rows[0].state).toBe('succeeded');
+    // No --skip-backup-check: the backup just taken is recent enough.
+    const again = await runCliJson(['rotate', '--settle-time', '0'], { env: inst.env });
+    expect([again.code, again.stderr]).toEqual([0, expect.stringMatching(new RegExp(`recent backup: job ${r.json.backup.jobId}`))]);
+    expect(again.json.toVersion).toBe(6);
+    await verifyAllUnder(6);
+  });
 });
