@@ -98,7 +98,9 @@ async function main() {
     }
     if (has('rotate')) {
       step('rotate: new data key, every value re-encrypted online');
-      cli(env, 'rotate', ...(has('backup') ? [] : ['--skip-backup-check']));
+      // No application runs beside the demo, so the wait for application instances to re-read
+      // the keyring (--settle-time, 35 s by default) can be short.
+      cli(env, 'rotate', '--settle-time', '5s', ...(has('backup') ? [] : ['--skip-backup-check']));
       if (has('backup')) {
         step('backup after the rotation (a restore no longer needs the old keys)');
         cli(env, 'backup', '--out', backupDir);

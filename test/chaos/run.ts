@@ -333,7 +333,13 @@ async function scenarioDatabaseRestart(random: () => number): Promise<ScenarioRe
   // 2. Mid-backup.
   const { done: backupDone } = startCli(['backup', '--out', inst.backupDir], inst.env);
   runs++;
-  await sleep(300 + Math.floor(random() * 500));
+  // Stop the server once pg_dump is writing (a .partial file with data), plus a random delay.
+  for (let i = 0; i < 200; i++) {
+    const partial = fs.existsSync(inst.backupDir) && fs.readdirSync(inst.backupDir).find((f) => f.endsWith('.partial'));
+    if (partial && fs.statSync(path.join(inst.backupDir, partial)).size > 0) break;
+    await sleep(50);
+  }
+  await sleep(Math.floor(random() * 300));
   await server.stopImmediate();
   faults++;
   const b = await backupDone;
