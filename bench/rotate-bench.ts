@@ -34,7 +34,7 @@ import { openKeyring } from '../src/core/keyring-client';
 import { CopyBinaryParser, CopyRow, encodeCopyBinary } from '../src/core/rotation/copy-binary';
 import { Vacuumer } from '../src/core/rotation/pipeline';
 import { createRosemetaTables, generateRosemeta, ROSEMETA_COLUMNS, RosemetaShape, verifyRosemeta } from '../scripts/lib/rosemeta';
-import { startEmbeddedPostgres, EmbeddedServer } from '../scripts/lib/embedded-postgres';
+import { recreateDatabase, startEmbeddedPostgres, EmbeddedServer } from '../scripts/lib/embedded-postgres';
 
 const BIN = path.resolve(__dirname, '../../bin/alation-keys');
 const MB = 1024 * 1024;
@@ -287,21 +287,7 @@ async function main() {
   let creator: { createDatabase(name: string): Promise<string> };
   if (process.env.BENCH_DATABASE_URL) {
     const admin = process.env.BENCH_DATABASE_URL;
-    creator = {
-      async createDatabase(name) {
-        const c = new Client({ connectionString: admin });
-        await c.connect();
-        try {
-          await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-          await c.query(`CREATE DATABASE ${name}`);
-        } finally {
-          await c.end();
-        }
-        const u = new URL(admin);
-        u.pathname = '/' + name;
-        return u.toString();
-      },
-    };
+    creator = { createDatabase: (name) => recreateDatabase(admin, name) };
   } else {
     const dataDir = path.join(dir, 'pgdata');
     fs.rmSync(dataDir, { recursive: true, force: true });

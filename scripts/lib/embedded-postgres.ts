@@ -27,6 +27,21 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/** Drops and creates database `name` on the server of `adminUrl`; returns its URL. */
+export async function recreateDatabase(adminUrl: string, name: string): Promise<string> {
+  const c = new Client({ connectionString: adminUrl });
+  await c.connect();
+  try {
+    await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+    await c.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await c.end();
+  }
+  const u = new URL(adminUrl);
+  u.pathname = '/' + name;
+  return u.toString();
+}
+
 export async function startEmbeddedPostgres(opts: {
   dataDir: string;
   port?: number;
@@ -57,17 +72,7 @@ export async function startEmbeddedPostgres(opts: {
     urlFor: (db) => `${base}/${db}`,
     dataDir: opts.dataDir,
     port,
-    async createDatabase(name) {
-      const c = new Client({ connectionString: `${base}/postgres` });
-      await c.connect();
-      try {
-        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-        await c.query(`CREATE DATABASE ${name}`);
-      } finally {
-        await c.end();
-      }
-      return `${base}/${name}`;
-    },
+    createDatabase: (name) => recreateDatabase(`${base}/postgres`, name),
     stop: () => pg.stop(),
     start: () => pg.start(),
     async stopImmediate() {
