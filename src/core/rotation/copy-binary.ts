@@ -192,17 +192,7 @@ export function encodeCopyBinary(rows: CopyRow[]): Buffer {
   let off = COPY_SIGNATURE.length;
   off = out.writeInt32BE(0, off);
   off = out.writeInt32BE(0, off);
-  for (const row of rows) {
-    off = out.writeInt16BE(row.length, off);
-    for (const f of row) {
-      if (f === null) {
-        off = out.writeInt32BE(-1, off);
-      } else {
-        off = out.writeInt32BE(f.length, off);
-        off += f.copy(out, off);
-      }
-    }
-  }
+  for (const row of rows) off = writeRow(out, off, row);
   out.writeInt16BE(-1, off);
   return out;
 }
