@@ -61,6 +61,7 @@ class KeyringClient implements Keyring {
   private deks = new Map<number, Buffer>();
   private primary = 0;
   private columns = new Map<string, EncryptedColumn>();
+  private readonly parsedNames = new Map<string, string>();
   private lastRefresh = 0;
   private refreshing: Promise<void> | undefined;
   private readonly refreshMs: number;
@@ -124,7 +125,12 @@ class KeyringClient implements Keyring {
   }
 
   private async column(name: string): Promise<EncryptedColumn> {
-    const key = columnKey(parseQualifiedName(name, 3));
+    // The application passes the same few names millions of times: parse each once.
+    let key = this.parsedNames.get(name);
+    if (key === undefined) {
+      key = columnKey(parseQualifiedName(name, 3));
+      if (this.parsedNames.size < 10_000) this.parsedNames.set(name, key);
+    }
     const find = () => this.columns.get(key);
     let col = find();
     if (!col) {
