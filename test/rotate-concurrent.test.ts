@@ -5,7 +5,6 @@
  * rotation must converge: no value under an old key at the end.
  */
 import { createInstallation, Installation } from './support/fixtures';
-import { runCliJson } from './support/cli';
 import { openKeyring, Keyring } from '../src/core/keyring-client';
 import { BLOBS, CREDENTIALS, DOCUMENTS, RosemetaColumn, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { keyringRows } from './support/rotate-helpers';

@@ -32,7 +32,7 @@ import { formatBytes, Headroom, measureHeadroom } from './headroom';
 import { createJob, describeLockHolder, finishJob, getJob, JobRecord, lastSucceededJob, listJobs, markOrphanedJobs, reopenJob } from './jobs';
 import { addPrimaryDataKey, KeyringRow, primaryOf, readKeyring, rewrapKeyring, unwrapKeyring } from './keyring';
 import { readSettings } from './settings';
-import { CopyBinaryParser, CopyRow, encodeCopyBinary } from './rotation/copy-binary';
+import { CopyBinaryParser, CopyRow } from './rotation/copy-binary';
 import {
   ColumnPlan,
   countValues,
@@ -44,9 +44,9 @@ import {
   tableBytes,
   VersionCount,
 } from './rotation/plan';
+import { ChunkEncoder } from './rotation/reencrypt';
 import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, Vacuumer } from './rotation/pipeline';
 import { formatDuration, sleep, testPause } from './rotation/util';
-import { envelopeFromText, envelopeVersion, openEnvelope, sealEnvelope } from '../crypto/envelope';
 
 export type { RotateEvents, ColumnProgress } from './rotation/pipeline';
 
@@ -644,30 +644,35 @@ async function measureSample(pool: Pool, plans: ColumnPlan[], deks: Map<number, 
       const src = client.query(copyTo(sql));
       src.on('error', (e) => parser.destroy(e));
       src.pipe(parser);
-      const staged: CopyRow[] = [];
+      // The real re-encryption with a throwaway key; nothing of it is kept.
+      const encoder = new ChunkEncoder({
+        plan: p,
+        toVersion: version,
+        newDek: throwaway,
+        deks: [...deks.entries()],
+        batchSize: Number.MAX_SAFE_INTEGER,
+        chunkBytes: Number.MAX_SAFE_INTEGER,
+        watermark: null,
+        filter: false,
+      });
       broken = true;
       for await (const f of parser as AsyncIterable<CopyRow>) {
-        const raw = f[p.keyColumns.length + 1]!;
-        let out: Buffer = raw;
         try {
-          const env = p.col.storage === 'text' ? envelopeFromText(raw.toString('utf8')) : raw;
-          const dek = deks.get(envelopeVersion(env));
-          if (dek) {
-            const sealed = sealEnvelope(throwaway, version, openEnvelope(dek, env, p.col.context), p.col.context);
-            out = p.col.storage === 'text' ? Buffer.from('ak1:' + sealed.toString('base64'), 'latin1') : sealed;
-          }
+          encoder.add(f);
         } catch {
           /* the real run reports bad values; the sample only times */
         }
-        staged.push([...f.slice(0, p.keyColumns.length + 1), raw.subarray(0, 19), out]);
         rowsN++;
-        bytes += raw.length;
+        bytes += f[p.keyColumns.length + 1]!.length;
       }
       broken = false;
+      const chunk = encoder.take();
+      encoder.wipe();
+      if (!chunk || chunk.count === 0) continue;
       await client.query('BEGIN');
       try {
         await client.query(createStageSql(p));
-        await pipeline(Readable.from([encodeCopyBinary(staged)]), client.query(copyFrom(copyIntoStageSql(p))));
+        await pipeline(Readable.from(chunk.pieces), client.query(copyFrom(copyIntoStageSql(p))));
       } finally {
         await client.query('ROLLBACK');
       }

@@ -65,3 +65,22 @@ export function createClient(opts: ConnectionOptions = {}): Client {
   client.on('error', () => undefined);
   return client;
 }
+
+const PLAIN_CONFIG_KEYS = ['connectionString', 'host', 'port', 'user', 'password', 'database', 'application_name', 'ssl', 'options', 'keepAlive'] as const;
+
+/**
+ * The connection settings of a pool as plain data, for a worker thread to open its own
+ * connection to the same database (the worker reads the same environment for PG* variables
+ * and ~/.pgpass). Functions (a password callback) cannot cross a thread and are left out.
+ */
+export function connectionConfigOf(pool: Pool): ClientConfig {
+  const options = (pool as unknown as { options: Record<string, unknown> }).options ?? {};
+  const out: Record<string, unknown> = {};
+  for (const k of PLAIN_CONFIG_KEYS) {
+    const v = options[k];
+    if (v === undefined || typeof v === 'function') continue;
+    if (typeof v === 'object' && v !== null && Object.getPrototypeOf(v) !== Object.prototype) continue;
+    out[k] = v;
+  }
+  return out as ClientConfig;
+}

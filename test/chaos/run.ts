@@ -8,13 +8,13 @@
  *          --only a,b (scenario names).
  */
 import { ChildProcess, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Client, Pool } from 'pg';
 import { addColumn } from '../../src/core/columns';
-import { openKeyring, Keyring } from '../../src/core/keyring-client';
+import { openKeyring } from '../../src/core/keyring-client';
 import { readKeyring } from '../../src/core/keyring';
 import { readSettings } from '../../src/core/settings';
 import { createKeyProvider } from '../../src/kms';
@@ -23,8 +23,6 @@ import { readMasterKeyFile } from '../../src/kms/master-key-file';
 import {
   BLOBS,
   createRosemetaTables,
-  CREDENTIALS,
-  DOCUMENTS,
   generateRosemeta,
   ROSEMETA_COLUMNS,
   RosemetaColumn,

@@ -7,7 +7,8 @@
  *
  * `CopyBinaryParser` turns a COPY … TO STDOUT (FORMAT binary) byte stream into arrays of
  * fields (Buffer | null), incrementally and with stream backpressure. `encodeCopyBinary`
- * builds one COPY … FROM STDIN (FORMAT binary) payload. Fields of type text and bytea are
+ * builds one COPY … FROM STDIN (FORMAT binary) payload (the rotation writes its payloads
+ * row by row with CopyPayloadBuilder in reencrypt.ts; this one is the reference). Fields of type text and bytea are
  * their raw bytes in this format, which is all the rotation needs.
  */
 import { Transform, TransformCallback } from 'node:stream';
@@ -137,34 +138,6 @@ export class CopyBinaryParser extends Transform {
       this.push(row);
     }
   }
-}
-
-/**
- * The same payload as encodeCopyBinary in pieces of about `pieceBytes`, so a large chunk is
- * never copied whole a second time in memory.
- */
-export function* encodeCopyBinaryPieces(rows: CopyRow[], pieceBytes = 64 * 1024): Generator<Buffer> {
-  const head = Buffer.alloc(HEADER_FIXED);
-  COPY_SIGNATURE.copy(head, 0);
-  yield head;
-  let start = 0;
-  while (start < rows.length) {
-    let end = start;
-    let size = 0;
-    while (end < rows.length && (end === start || size < pieceBytes)) {
-      size += 2;
-      for (const f of rows[end]) size += 4 + (f ? f.length : 0);
-      end++;
-    }
-    const out = Buffer.allocUnsafe(size);
-    let off = 0;
-    for (let i = start; i < end; i++) off = writeRow(out, off, rows[i]);
-    yield out;
-    start = end;
-  }
-  const trailer = Buffer.alloc(2);
-  trailer.writeInt16BE(-1, 0);
-  yield trailer;
 }
 
 function writeRow(out: Buffer, offset: number, row: CopyRow): number {

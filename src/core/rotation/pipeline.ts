@@ -3,32 +3,26 @@
  * stream with backpressure, write each chunk through a staging table in one transaction
  * that also checkpoints the job.
  *
- *   COPY (SELECT keys, value … LIMIT page) TO STDOUT  →  CopyBinaryParser  →  re-encrypt
- *     →  chunks (rows ≤ batch size, bytes ≤ chunk bytes)  →  BEGIN; COPY stage FROM STDIN;
- *        UPDATE t … FROM stage WHERE prefix unchanged; checkpoint; COMMIT
+ *   reader thread:  COPY (SELECT keys, value … LIMIT page) TO STDOUT  →  CopyBinaryParser
+ *                   →  re-encrypt  →  chunks (rows ≤ batch size, bytes ≤ chunk bytes), each
+ *                      already a binary COPY payload
+ *   main thread:    BEGIN; COPY stage FROM STDIN; UPDATE t … FROM stage WHERE prefix
+ *                   unchanged; checkpoint; COMMIT
  *
- * Reading runs ahead of writing by at most one chunk (Readable.from with highWaterMark 1),
- * so memory stays bounded by a few chunks whatever the size of the table.
+ * The reader runs ahead of the writer by at most two chunks, so memory stays bounded by a
+ * few chunks whatever the size of the table, and the cryptography overlaps with the writes.
  */
+import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { Worker } from 'node:worker_threads';
 import { Pool, PoolClient } from 'pg';
-import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { randomBytes } from 'node:crypto';
-import {
-  ENVELOPE_PREFIX_LENGTH,
-  EnvelopeAuthError,
-  EnvelopeFormatError,
-  NONCE_LENGTH,
-  TEXT_PREFIX,
-  envelopeVersion,
-  openEnvelope,
-  sealEnvelope,
-} from '../../crypto/envelope';
-import { IntegrityError } from '../../errors';
-import { CopyBinaryParser, CopyRow, encodeCopyBinaryPieces } from './copy-binary';
-import { ColumnPlan, copyIntoStageSql, createStageSql, readPageSql, stageStorageSql, storedPrefixLength, updateFromStageSql } from './plan';
+import { from as copyFrom } from 'pg-copy-streams';
+import { connectionConfigOf } from '../../db/connection';
+import { ColumnPlan, copyIntoStageSql, createStageSql, stageStorageSql, updateFromStageSql } from './plan';
+import { describeKey, EncodedChunk, ReaderJob } from './reencrypt';
 import { sleep, testPause } from './util';
+import { reviveWorkerError, serialiseWorkerError, WorkerErrorData } from './worker-messages';
 
 /** Per-column checkpoint, kept in jobs.detail.columns[<column>]. */
 export interface ColumnState {
@@ -129,152 +123,61 @@ export interface PassContext {
   events: RotateEvents;
 }
 
-interface Chunk {
-  rows: CopyRow[];
-  lo: string[];
-  hi: string[];
-  count: number;
-  bytes: number;
-  /** Values read per DEK version (including ones already under the new key). */
-  versions: Record<string, number>;
-}
-
 const RETRYABLE = new Set(['55P03', '57014', '40P01', '40001']);
 const MAX_ATTEMPTS = 6;
 
-function keyDescription(p: ColumnPlan, keys: string[]): string {
-  return p.keyColumns.map((k, i) => `${k}=${keys[i]}`).join(', ');
-}
-
-function integrity(p: ColumnPlan, keys: string[], why: string, version?: number): IntegrityError {
-  const key: Record<string, string> = {};
-  p.keyColumns.forEach((k, i) => (key[k] = keys[i]));
-  return new IntegrityError(
-    `value in ${p.name} at ${keyDescription(p, keys)} ${why}; the rotation stopped before writing its chunk`,
-    { schema: p.col.table_schema, table: p.col.table_name, column: p.col.column_name, key, version },
-    { hint: 'restore that value from a backup (or set it NULL if it is expendable), then run `alation-keys rotate` again to resume' },
-  );
-}
-
-const NONCE_BATCH = 4096;
-let nonces = Buffer.alloc(0);
-let nonceOffset = 0;
-/**
- * Random 96-bit nonces drawn from the CSPRNG 4096 at a time: one randomBytes call per value
- * is a measurable share of the rotation's CPU. Each nonce is used once.
- */
-function nextNonce(): Buffer {
-  if (nonceOffset >= nonces.length) {
-    nonces = randomBytes(NONCE_LENGTH * NONCE_BATCH);
-    nonceOffset = 0;
-  }
-  const n = nonces.subarray(nonceOffset, nonceOffset + NONCE_LENGTH);
-  nonceOffset += NONCE_LENGTH;
-  return n;
-}
-
-const TEXT_PREFIX_BYTES = Buffer.from(TEXT_PREFIX, 'latin1');
+const READER_WORKER = path.join(__dirname, 'reader-worker.js');
 
 /**
- * The binary envelope of a text-storage value (`ak1:` + canonical base64), as strict as
- * envelopeFromText: a body that does not re-encode to exactly itself (bad characters, missing
- * padding, non-canonical bits, non-ASCII bytes) is refused. Works on the raw bytes COPY gave.
+ * The chunks of one pass, produced by a reader thread (reader-worker.ts) on its own
+ * connection. Each chunk taken acknowledges one, letting the reader run a little ahead.
  */
-function textEnvelope(raw: Buffer): Buffer {
-  if (raw.length < TEXT_PREFIX_BYTES.length || raw.compare(TEXT_PREFIX_BYTES, 0, TEXT_PREFIX_BYTES.length, 0, TEXT_PREFIX_BYTES.length) !== 0) {
-    throw new EnvelopeFormatError('not an envelope (text value without the ak1: prefix)');
-  }
-  const body = raw.toString('latin1', TEXT_PREFIX_BYTES.length);
-  const bytes = Buffer.from(body, 'base64');
-  if (bytes.toString('base64') !== body) throw new EnvelopeFormatError('not an envelope (malformed or non-canonical base64)');
-  return bytes;
-}
-
-/** Decrypts one value under its own DEK and seals it under the new one: a staging row. */
-function reencrypt(ctx: PassContext, p: ColumnPlan, fields: CopyRow): { row: CopyRow | null; keys: string[]; bytes: number; version: number } {
-  const nk = p.keyColumns.length;
-  const keys: string[] = [];
-  const out: CopyRow = [];
-  for (let i = 0; i < nk; i++) {
-    const k = fields[i];
-    keys.push(k ? k.toString('utf8') : '');
-    out.push(k ? Buffer.from(k) : null);
-  }
-  const xmin = fields[nk]!;
-  const raw = fields[nk + 1]!;
-  let envelope: Buffer;
-  let version: number;
+async function* chunksFromReader(ctx: PassContext, p: ColumnPlan, watermark: string[] | null, filter: boolean): AsyncGenerator<EncodedChunk> {
+  const job: ReaderJob = {
+    plan: p,
+    toVersion: ctx.toVersion,
+    newDek: ctx.newDek,
+    deks: [...ctx.deks.entries()],
+    batchSize: ctx.batchSize,
+    chunkBytes: ctx.chunkBytes,
+    watermark,
+    filter,
+  };
+  const worker = new Worker(READER_WORKER, { workerData: { config: connectionConfigOf(ctx.pool), job } });
+  type Message =
+    | { type: 'chunk'; chunk: Omit<EncodedChunk, 'pieces'> & { pieces: Array<{ buffer: ArrayBuffer; offset: number; length: number }> } }
+    | { type: 'done' }
+    | { type: 'error'; error: WorkerErrorData }
+    | { type: 'exit'; code: number };
+  const queue: Message[] = [];
+  let wake: (() => void) | null = null;
+  const push = (m: Message) => {
+    queue.push(m);
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  worker.on('message', push);
+  worker.on('error', (err) => push({ type: 'error', error: serialiseWorkerError(err) }));
+  worker.on('exit', (code) => push({ type: 'exit', code }));
   try {
-    envelope = p.col.storage === 'text' ? textEnvelope(raw) : raw;
-    version = envelopeVersion(envelope);
-  } catch (err) {
-    throw integrity(p, keys, `is not a valid envelope (${(err as Error).message})`);
-  }
-  // Already under the new key (written by an up-to-date application instance): leave it.
-  if (version === ctx.toVersion) return { row: null, keys, bytes: 0, version };
-  const dek = ctx.deks.get(version);
-  if (!dek) throw integrity(p, keys, `names data key v${version}, which the keyring does not have (destroyed?)`, version);
-  let plain: Buffer;
-  try {
-    plain = openEnvelope(dek, envelope, p.col.context);
-  } catch (err) {
-    if (err instanceof EnvelopeAuthError) throw integrity(p, keys, `failed authentication under data key v${version}`, version);
-    throw err;
-  }
-  const sealed = sealEnvelope(ctx.newDek, ctx.toVersion, plain, p.col.context, nextNonce());
-  plain.fill(0);
-  let oldPrefix: Buffer;
-  let newValue: Buffer;
-  if (p.col.storage === 'text') {
-    oldPrefix = Buffer.from(raw.subarray(0, storedPrefixLength(p)));
-    newValue = Buffer.from('ak1:' + sealed.toString('base64'), 'latin1');
-  } else {
-    oldPrefix = Buffer.from(envelope.subarray(0, ENVELOPE_PREFIX_LENGTH));
-    newValue = sealed;
-  }
-  out.push(Buffer.from(xmin), oldPrefix, newValue);
-  return { row: out, keys, bytes: newValue.length, version };
-}
-
-/** Reads pages after the watermark and yields re-encrypted chunks. Owns the reader connection. */
-async function* produceChunks(ctx: PassContext, p: ColumnPlan, startWatermark: string[] | null, filter: boolean): AsyncGenerator<Chunk> {
-  const pageRows = Math.max(ctx.batchSize * 4, 1000);
-  const client = await ctx.pool.connect();
-  let broken = false;
-  try {
-    let watermark = startWatermark;
-    let chunk: Chunk | null = null;
     for (;;) {
-      const sql = readPageSql(p, ctx.toVersion, watermark, pageRows, (s) => client.escapeLiteral(s), filter);
-      const src = client.query(copyTo(sql));
-      const parser = new CopyBinaryParser();
-      src.on('error', (err) => parser.destroy(err));
-      src.pipe(parser);
-      broken = true; // until the page is read to its end
-      let n = 0;
-      for await (const fields of parser as AsyncIterable<CopyRow>) {
-        n++;
-        const r = reencrypt(ctx, p, fields);
-        watermark = r.keys;
-        if (!chunk) chunk = { rows: [], lo: r.keys, hi: r.keys, count: 0, bytes: 0, versions: {} };
-        chunk.hi = r.keys;
-        chunk.versions[r.version] = (chunk.versions[r.version] ?? 0) + 1;
-        if (!r.row) continue;
-        chunk.rows.push(r.row);
-        chunk.count++;
-        chunk.bytes += r.bytes;
-        if (chunk.count >= ctx.batchSize || chunk.bytes >= ctx.chunkBytes) {
-          const full: Chunk = chunk;
-          chunk = null;
-          yield full;
-        }
+      while (queue.length === 0) await new Promise<void>((resolve) => (wake = resolve));
+      const m = queue.shift()!;
+      if (m.type === 'chunk') {
+        const pieces = m.chunk.pieces.map((x) => Buffer.from(x.buffer, x.offset, x.length));
+        yield { ...m.chunk, pieces };
+        worker.postMessage('ack');
+      } else if (m.type === 'done') {
+        return;
+      } else if (m.type === 'error') {
+        throw reviveWorkerError(m.error);
+      } else {
+        throw new Error(`the rotation's reader thread for ${p.name} exited unexpectedly (code ${m.code})`);
       }
-      broken = false;
-      if (n < pageRows) break;
     }
-    if (chunk) yield chunk;
   } finally {
-    client.release(broken);
+    await worker.terminate();
   }
 }
 
@@ -291,15 +194,17 @@ export async function saveColumnState(db: Pick<PoolClient, 'query'>, jobId: numb
 }
 
 /** One transaction: stage the chunk, update rows whose value is unchanged, checkpoint. Returns rows updated. */
-async function writeChunk(client: PoolClient, ctx: PassContext, p: ColumnPlan, chunk: Chunk, state: ColumnState): Promise<number> {
+async function writeChunk(client: PoolClient, ctx: PassContext, p: ColumnPlan, chunk: EncodedChunk, state: ColumnState): Promise<number> {
   for (let attempt = 1; ; attempt++) {
     try {
-      await client.query('BEGIN');
-      await client.query(`SET LOCAL lock_timeout = '10s'`);
-      await client.query(`SET LOCAL statement_timeout = '5min'`);
-      await pipeline(Readable.from(encodeCopyBinaryPieces(chunk.rows)), client.query(copyFrom(copyIntoStageSql(p))));
-      const upd = await client.query(updateFromStageSql(p), [...chunk.lo, ...chunk.hi]);
-      const updated = upd.rowCount ?? 0;
+      // One round trip for the three statements (each one waited for its own reply before).
+      await client.query(`BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '5min'`);
+      let updated = 0;
+      if (chunk.count > 0) {
+        await pipeline(Readable.from(chunk.pieces), client.query(copyFrom(copyIntoStageSql(p))));
+        const upd = await client.query(updateFromStageSql(p), [...chunk.lo, ...chunk.hi]);
+        updated = upd.rowCount ?? 0;
+      }
       const next: ColumnState = {
         ...state,
         watermark: chunk.hi,
@@ -320,7 +225,7 @@ async function writeChunk(client: PoolClient, ctx: PassContext, p: ColumnPlan, c
       await client.query('ROLLBACK').catch(() => undefined);
       const code = (err as { code?: string }).code;
       if (code && RETRYABLE.has(code) && attempt < MAX_ATTEMPTS) {
-        ctx.events.warn?.(`${p.name}: chunk up to ${keyDescription(p, chunk.hi)} hit ${(err as Error).message}; retrying (${attempt}/${MAX_ATTEMPTS - 1})`);
+        ctx.events.warn?.(`${p.name}: chunk up to ${describeKey(p, chunk.hi)} hit ${(err as Error).message}; retrying (${attempt}/${MAX_ATTEMPTS - 1})`);
         await sleep(500 * 2 ** (attempt - 1));
         continue;
       }
@@ -363,10 +268,10 @@ export async function rotateColumnPass(ctx: PassContext, p: ColumnPlan, state: C
     writer.release(true);
     throw err;
   }
-  const chunks = Readable.from(produceChunks(ctx, p, state.watermark, state.pass > 1), { objectMode: true, highWaterMark: 1 });
+  const chunks = chunksFromReader(ctx, p, state.watermark, state.pass > 1);
   let stopped = false;
   try {
-    for await (const chunk of chunks as AsyncIterable<Chunk>) {
+    for await (const chunk of chunks) {
       await ctx.limiter.take(chunk.count, ctx.stop);
       try {
         await writeChunk(writer, ctx, p, chunk, state);
@@ -383,7 +288,7 @@ export async function rotateColumnPass(ctx: PassContext, p: ColumnPlan, state: C
       }
     }
   } finally {
-    chunks.destroy();
+    await chunks.return(undefined);
     writer.release(writerBroken);
   }
   if (!stopped) {
