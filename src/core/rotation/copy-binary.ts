@@ -59,6 +59,27 @@ export class CopyBinaryParser extends Transform {
     return out;
   }
 
+  /** Consumes n bytes without making a view of them. */
+  private skip(n: number): void {
+    this.available -= n;
+    while (n > 0) {
+      const c = this.chunks[0];
+      if (c.length <= n) {
+        n -= c.length;
+        this.chunks.shift();
+      } else {
+        this.chunks[0] = c.subarray(n);
+        n = 0;
+      }
+    }
+  }
+
+  private peekInt16(): number {
+    const first = this.chunks[0];
+    if (first.length >= 2) return first.readInt16BE(0);
+    return (this.chunks[0][0] << 24) >> 16 | this.chunks[1][0];
+  }
+
   private peekInt32(): number {
     const first = this.chunks[0];
     if (first.length >= 4) return first.readInt32BE(0);
@@ -109,7 +130,8 @@ export class CopyBinaryParser extends Transform {
     while (!this.ended) {
       if (this.fieldCount < 0) {
         if (this.available < 2) return;
-        const n = this.takeBytes(2).readInt16BE(0);
+        const n = this.peekInt16();
+        this.skip(2);
         if (n === -1) {
           this.ended = true;
           this.chunks = [];
@@ -123,12 +145,12 @@ export class CopyBinaryParser extends Transform {
         if (this.available < 4) return;
         const len = this.peekInt32();
         if (len === -1) {
-          this.takeBytes(4);
+          this.skip(4);
           this.fields.push(null);
           continue;
         }
         if (this.available < 4 + len) return;
-        this.takeBytes(4);
+        this.skip(4);
         this.fields.push(this.takeBytes(len));
       }
       const row = this.fields;
