@@ -185,6 +185,11 @@ describe('rotation', () => {
     expect(again.code).toBe(0);
     expect(again.stderr).toMatch(new RegExp(`resuming job ${job.id} \\(v3→v4\\)`));
     expect(again.json.toVersion).toBe(4);
+    // The job's totals include the interrupted run; this run's figures (and rates) do not.
+    const doneBefore = cols.reduce((a, c) => a + c.rowsDone, 0);
+    expect(again.json.rowsThisRun).toBe(again.json.rows - doneBefore);
+    expect(again.json.rowsThisRun).toBeLessThan(again.json.rows);
+    expect(again.json.bytesThisRun).toBeLessThan(again.json.bytes);
     expect((await keyringRows(inst.db.pool)).map((k) => k.version)).toEqual([1, 2, 3, 4]);
     await verifyAllUnder(4);
   });

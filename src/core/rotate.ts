@@ -45,7 +45,7 @@ import {
   VersionCount,
 } from './rotation/plan';
 import { ChunkEncoder } from './rotation/reencrypt';
-import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, Vacuumer } from './rotation/pipeline';
+import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, tablesWithoutVacuumRight, Vacuumer } from './rotation/pipeline';
 import { formatDuration, sleep, testPause } from './rotation/util';
 
 export type { RotateEvents, ColumnProgress } from './rotation/pipeline';
@@ -107,6 +107,10 @@ export interface RotateSummary {
   passes: number;
   vacuums: number;
   durationSeconds: number;
+  /** Rows and bytes rewritten by this run (less than rows/bytes when it resumed a job). */
+  rowsThisRun: number;
+  bytesThisRun: number;
+  /** This run's rates. */
   rowsPerSecond: number;
   megabytesPerSecond: number;
   backup: { jobId: number; file: string } | null;
@@ -406,8 +410,17 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     });
   }
   const sizes = new Map<string, number>();
+  // What earlier runs of this job already did: the rates in the summary are this run's.
+  const rowsAtStart = [...states.values()].reduce((a, st) => a + st.rowsDone, 0);
+  const bytesAtStart = [...states.values()].reduce((a, st) => a + st.bytesDone, 0);
   for (const p of plans) if (!sizes.has(p.table)) sizes.set(p.table, await tableBytes(pool, p));
-  const vacuumer = new Vacuumer(pool, vacuumThreshold(opts, sizes), events);
+  const unvacuumable = await tablesWithoutVacuumRight(pool, [...sizes.keys()]);
+  if (unvacuumable.length > 0) {
+    events.warn?.(
+      `not allowed to VACUUM ${unvacuumable.join(', ')} (run rotate as the table owner): the space of rewritten rows is left to autovacuum, so these tables may grow by up to their own size during the rotation`,
+    );
+  }
+  const vacuumer = new Vacuumer(pool, vacuumThreshold(opts, sizes), events, new Set(unvacuumable));
   const batchSize = Math.max(1, Math.min(opts.batchSize ?? DEFAULT_BATCH_SIZE, opts.maxRate ? Math.ceil(opts.maxRate) : Infinity));
   const ctx: PassContext = {
     pool,
@@ -519,7 +532,8 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       const s = states.get(p.name)!;
       return { column: p.name, storage: p.col.storage, rows: s.rowsDone, bytes: s.bytesDone, skippedConcurrent: s.skipped, passes: s.pass };
     });
-    const rowsThisRun = columns.reduce((a, c) => a + c.rows, 0);
+    const rowsThisRun = columns.reduce((a, c) => a + c.rows, 0) - rowsAtStart;
+    const bytesThisRun = columns.reduce((a, c) => a + c.bytes, 0) - bytesAtStart;
     const summary: RotateSummary = {
       ok: true,
       result: 'rotated',
@@ -538,8 +552,10 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       passes,
       vacuums: vacuumer.vacuums,
       durationSeconds: Math.round(durationSeconds * 10) / 10,
+      rowsThisRun,
+      bytesThisRun,
       rowsPerSecond: Math.round(rowsThisRun / Math.max(durationSeconds, 0.001)),
-      megabytesPerSecond: Math.round((columns.reduce((a, c) => a + c.bytes, 0) / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
+      megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
       backup: r.backup,
       recommendation: 'take a backup now (`alation-keys backup`): backups made before this rotation need the old keys, which stay in the keyring as retired',
     };

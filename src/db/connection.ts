@@ -14,9 +14,19 @@ export interface ConnectionOptions {
 
 export const DEFAULT_DATABASE = 'rosemeta';
 
+/**
+ * Every session runs with ISO dates: node-postgres reads timestamps only in that style (a
+ * database set to `DateStyle = 'SQL, DMY'` made every timestamp null), and keys checkpointed
+ * in their text form must read back the same in any later session. Appended to $PGOPTIONS.
+ */
+function sessionOptions(env: NodeJS.ProcessEnv): string {
+  return [env.PGOPTIONS, '-c DateStyle=ISO,MDY'].filter(Boolean).join(' ');
+}
+
 export function resolveConnectionConfig(opts: ConnectionOptions = {}): ClientConfig {
   const env = opts.env ?? process.env;
   const applicationName = `alation-keys/${opts.command ?? 'library'}`;
+  const options = sessionOptions(env);
   const url = opts.databaseUrl ?? env.ALATION_KEYS_DATABASE_URL;
   if (url) {
     let parsed: URL;
@@ -30,11 +40,11 @@ export function resolveConnectionConfig(opts: ConnectionOptions = {}): ClientCon
     if (parsed.protocol !== 'postgres:' && parsed.protocol !== 'postgresql:') {
       throw new UsageError(`the database URL must start with postgresql:// (got ${parsed.protocol}//)`);
     }
-    const config: ClientConfig = { connectionString: url, application_name: applicationName };
+    const config: ClientConfig = { connectionString: url, application_name: applicationName, options };
     if (parsed.pathname === '' || parsed.pathname === '/') config.database = env.PGDATABASE || DEFAULT_DATABASE;
     return config;
   }
-  return { database: env.PGDATABASE || DEFAULT_DATABASE, application_name: applicationName };
+  return { database: env.PGDATABASE || DEFAULT_DATABASE, application_name: applicationName, options };
 }
 
 /** Same as resolveConnectionConfig but with the password left out: safe to print. */

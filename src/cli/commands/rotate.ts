@@ -152,8 +152,9 @@ function renderSummary(io: IOStreams, s: RotateSummary): string {
       ),
     );
   }
+  const thisRun = s.resumed ? ` (this run: ${formatCount(s.rowsThisRun)} values, ${(s.bytesThisRun / MB).toFixed(1)} MB)` : '';
   out.push(
-    `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${s.passes} pass(es), ${s.vacuums} vacuum(s)`,
+    `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB${thisRun} in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${s.passes} pass(es), ${s.vacuums} vacuum(s)`,
   );
   out.push(`recommended: ${s.recommendation}`);
   return out.join('\n');

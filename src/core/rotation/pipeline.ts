@@ -86,9 +86,12 @@ export class Vacuumer {
     private readonly pool: Pool,
     private readonly everyBytes: (table: string) => number,
     private readonly events: RotateEvents,
+    /** Tables this user may not VACUUM (PostgreSQL would skip them with only a warning). */
+    private readonly skip: ReadonlySet<string> = new Set(),
   ) {}
 
   wrote(table: string, bytes: number): void {
+    if (this.skip.has(table)) return;
     const n = (this.since.get(table) ?? 0) + bytes;
     this.since.set(table, n);
     if (n < this.everyBytes(table) || this.running.has(table)) return;
@@ -106,6 +109,28 @@ export class Vacuumer {
   async idle(): Promise<void> {
     await Promise.all([...this.running.values()]);
   }
+}
+
+/**
+ * The tables (as given) the current user may not VACUUM: not a superuser, not the owner of
+ * the table or of the database, and (PostgreSQL 17+) without the MAINTAIN privilege.
+ */
+export async function tablesWithoutVacuumRight(db: Pick<PoolClient, 'query'>, tables: string[]): Promise<string[]> {
+  if (tables.length === 0) return [];
+  const version = Number((await db.query<{ v: string }>(`SELECT current_setting('server_version_num') AS v`)).rows[0].v);
+  const maintain = version >= 170000 ? `AND NOT has_table_privilege(c.oid, 'MAINTAIN')` : '';
+  const r = await db.query<{ name: string }>(
+    `SELECT u.name
+       FROM unnest($1::text[]) WITH ORDINALITY AS u(name, n)
+       JOIN pg_class c ON c.oid = u.name::regclass
+      WHERE NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+        AND NOT pg_has_role(current_user, c.relowner, 'USAGE')
+        AND NOT pg_has_role(current_user, (SELECT datdba FROM pg_database WHERE datname = current_database()), 'USAGE')
+        ${maintain}
+      ORDER BY u.n`,
+    [tables],
+  );
+  return r.rows.map((x) => x.name);
 }
 
 export interface PassContext {

@@ -34,6 +34,9 @@ async function main(): Promise<void> {
   client.on('error', () => undefined);
   await client.connect();
   try {
+    // Watermarks are keys in their text form, checkpointed and read back by later sessions:
+    // ISO dates parse the same under any DateStyle, '13/01/2026' does not.
+    await client.query(`SET DateStyle = 'ISO, MDY'`);
     for await (const chunk of readChunks(client, job)) {
       while (credit === 0) await new Promise<void>((resolve) => (wake = resolve));
       credit--;
