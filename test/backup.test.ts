@@ -307,7 +307,7 @@ describe('connection settings reach pg_dump', () => {
       PGHOST: url.hostname,
       PGPORT: url.port,
       PGDATABASE: inst.db.name,
-      PGAPPNAME: 'alation-keys/backup',
+      PGAPPNAME: expect.stringMatching(/^alation-keys\/backup pg_dump job \d+$/),
     });
     fs.rmSync(dir, { recursive: true, force: true });
   });
@@ -366,23 +366,27 @@ describe('failures leave no finished-looking backup', () => {
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  test('kill -9 of alation-keys: the partial file never looks finished and the job is later marked interrupted', async () => {
+  test('kill -9 of alation-keys: the partial file never looks finished, the job is later marked interrupted and its pg_dump session ended', async () => {
     const dir = tempDir('backup-kill9');
     const pidFile = path.join(inst.dir, 'slow9.pid');
-    const fake = wrapper('pg_dump-slow9', 'echo $$ > "$WRAPPER_PID_FILE"\nhead -c 100000 /dev/zero > "$out"\nexec sleep 60');
+    // A pg_dump stand-in that holds a database session, as pg_dump does, with the
+    // application_name it was given.
+    const psql = fs.existsSync(path.join(path.dirname(realPgDump), 'psql')) ? path.join(path.dirname(realPgDump), 'psql') : 'psql';
+    const fake = wrapper('pg_dump-slow9', `echo $$ > "$WRAPPER_PID_FILE"\nhead -c 100000 /dev/zero > "$out"\nexec "${psql}" -X -q -c "SELECT pg_sleep(120)"`);
+    const dumpSessions = async () =>
+      (await inst.db.query(`SELECT count(*)::int AS n FROM pg_stat_activity WHERE datname = current_database() AND application_name LIKE 'alation-keys/backup pg_dump job %'`)).rows[0].n;
     const child = spawnCli(['backup', '--out', dir, '--pg-dump', fake], { env: { ...inst.env, WRAPPER_PID_FILE: pidFile } });
     const done = closed(child);
     child.stdin!.end('');
     await waitFor(() => listDir(dir).some((n) => n.endsWith('.partial') && fs.statSync(path.join(dir, n)).size >= 100000), 'the partial dump');
     const running = await lastBackupJob();
     expect(running.state).toBe('running');
+    for (let i = 0; i < 100 && (await dumpSessions()) === 0; i++) await new Promise((res) => setTimeout(res, 100));
+    expect(await dumpSessions()).toBe(1);
     child.kill('SIGKILL');
     await done;
-    try {
-      process.kill(Number(fs.readFileSync(pidFile, 'utf8')), 'SIGKILL');
-    } catch {
-      /* already gone */
-    }
+    // Killed with the tool, pg_dump would run on: it is still there.
+    expect(await dumpSessions()).toBe(1);
     const names = listDir(dir);
     expect(names.length).toBe(1);
     expect(names[0]).toMatch(/^\..*\.dump\.partial$/);
@@ -396,6 +400,14 @@ describe('failures leave no finished-looking backup', () => {
       if (state !== 'interrupted') await new Promise((res) => setTimeout(res, 200));
     }
     expect(state).toBe('interrupted');
+    // Marking the job interrupted ended the session of the pg_dump it left behind.
+    for (let i = 0; i < 50 && (await dumpSessions()) > 0; i++) await new Promise((res) => setTimeout(res, 100));
+    expect(await dumpSessions()).toBe(0);
+    try {
+      process.kill(Number(fs.readFileSync(pidFile, 'utf8')), 'SIGKILL');
+    } catch {
+      /* already gone: psql exits when its session is terminated */
+    }
     // verify refuses the partial file outright.
     const v = await runCli(['backup', 'verify', path.join(dir, names[0])], { env: inst.env });
     expect(v.code).toBe(3);

@@ -15,7 +15,7 @@ import { requireInitialised, schemaVersion } from '../db/migrations';
 import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
 import { resolveMasterKeyPath } from '../kms/master-key-file';
 import { databaseSize, formatBytes, freeBytesAt } from './headroom';
-import { createJob, currentActor, describeLockHolder, finishJob, markOrphanedJobs } from './jobs';
+import { createJob, currentActor, describeLockHolder, finishJob, markOrphanedJobs, pgDumpApplicationName } from './jobs';
 import { DekState, KeyringRow, readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, pgToolEnv } from './pg-tools';
 import { readSettings } from './settings';
@@ -517,7 +517,7 @@ async function dumpWithSnapshot(
       fs.closeSync(fs.openSync(partialPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600));
     }
     const toolEnv = pgToolEnv(resolveConnectionConfig({ databaseUrl: opts.databaseUrl, command: 'backup', env: opts.env }), {
-      applicationName: 'alation-keys/backup',
+      applicationName: pgDumpApplicationName(job.id),
       database: ctx.database,
       env: opts.env,
     });

@@ -96,25 +96,45 @@ export async function lastSucceededJob(db: Queryable, kind: string): Promise<Job
  * Marks `running` jobs whose process is gone (no session holds the maintenance lock) as
  * interrupted, so history tells the truth after a kill -9 or a database restart.
  */
+/**
+ * application_name of the pg_dump sessions of backup job `jobId`: after the tool itself was
+ * killed, pg_dump would otherwise run on (holding its snapshot) until it finished.
+ */
+export function pgDumpApplicationName(jobId: number): string {
+  return `alation-keys/backup pg_dump job ${jobId}`;
+}
+
+const ORPHANED = `state = 'interrupted', finished_at = coalesce(finished_at, updated_at), updated_at = now(),
+              error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')`;
+
+/**
+ * Marks `running` jobs whose process is gone (nobody holds the maintenance lock) as
+ * interrupted, and ends the pg_dump sessions an orphaned backup left behind.
+ */
 export async function markOrphanedJobs(db: Queryable, opts: { holdingLock?: boolean } = {}): Promise<number> {
-  if (opts.holdingLock) {
-    // We hold the lock ourselves, so no other job can be running.
-    const r = await db.query(
-      `UPDATE alation_keys.jobs SET state = 'interrupted', finished_at = coalesce(finished_at, updated_at), updated_at = now(),
-              error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')
-        WHERE state = 'running'`,
-    );
-    return r.rowCount ?? 0;
+  const r = opts.holdingLock
+    ? // We hold the lock ourselves, so no other job can be running.
+      await db.query<{ id: string; kind: string }>(`UPDATE alation_keys.jobs SET ${ORPHANED} WHERE state = 'running' RETURNING id::text, kind`)
+    : await db.query<{ id: string; kind: string }>(
+        `UPDATE alation_keys.jobs SET ${ORPHANED}
+          WHERE state = 'running'
+            AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
+                              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                              AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted)
+          RETURNING id::text, kind`,
+        [MAINTENANCE_LOCK[0], MAINTENANCE_LOCK[1]],
+      );
+  const dumps = r.rows.filter((j) => j.kind === 'backup').map((j) => pgDumpApplicationName(Number(j.id)));
+  if (dumps.length > 0) {
+    // Best effort: ending another session needs the same role (or pg_signal_backend).
+    await db
+      .query(
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+          WHERE datname = current_database() AND application_name = ANY($1::text[]) AND pid <> pg_backend_pid()`,
+        [dumps],
+      )
+      .catch(() => undefined);
   }
-  const r = await db.query(
-    `UPDATE alation_keys.jobs SET state = 'interrupted', finished_at = coalesce(finished_at, updated_at), updated_at = now(),
-            error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')
-      WHERE state = 'running'
-        AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
-                          AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                          AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted)`,
-    [MAINTENANCE_LOCK[0], MAINTENANCE_LOCK[1]],
-  );
   return r.rowCount ?? 0;
 }
 
