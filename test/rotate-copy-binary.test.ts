@@ -2,23 +2,12 @@
  * The binary COPY parser and writer of the rotation pipeline, without a database: round trips,
  * every split of the stream, NULLs, empty fields, and malformed input.
  */
-import { Readable } from 'node:stream';
-import { CopyBinaryParser, CopyRow, COPY_SIGNATURE, encodeCopyBinary } from '../src/core/rotation/copy-binary';
+import { parseCopy } from './support/copy';
+import { CopyRow, COPY_SIGNATURE, encodeCopyBinary } from '../src/core/rotation/copy-binary';
 import { headerLiteral, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rotation/plan';
 import { parseDuration } from '../src/core/rotation/util';
 
-async function parse(chunks: Buffer[]): Promise<CopyRow[]> {
-  const parser = new CopyBinaryParser();
-  const out: CopyRow[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    parser.on('data', (r: CopyRow) => out.push(r));
-    parser.on('end', resolve);
-    parser.on('error', reject);
-  });
-  Readable.from(chunks, { objectMode: false }).pipe(parser);
-  await done;
-  return out;
-}
+const parse = parseCopy;
 
 const ROWS: CopyRow[] = [
   [Buffer.from('1'), Buffer.from('734'), Buffer.from('ak1:QUsB')],

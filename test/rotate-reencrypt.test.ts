@@ -3,11 +3,11 @@
  * the library's own, the COPY payload builder against the reference encoder, and the chunk
  * encoder (re-encryption, skipping, chunk limits, integrity errors).
  */
-import { Readable } from 'node:stream';
 import { randomBytes } from 'node:crypto';
 import { envelopeFromText, envelopeToText, openEnvelope, sealEnvelope } from '../src/crypto/envelope';
 import { IntegrityError } from '../src/errors';
-import { CopyBinaryParser, CopyRow, encodeCopyBinary } from '../src/core/rotation/copy-binary';
+import { CopyRow, encodeCopyBinary } from '../src/core/rotation/copy-binary';
+import { parseCopy } from './support/copy';
 import { ColumnPlan } from '../src/core/rotation/plan';
 import { ChunkEncoder, CopyPayloadBuilder, EncodedChunk, textEnvelope } from '../src/core/rotation/reencrypt';
 
@@ -90,18 +90,6 @@ test('textEnvelope accepts exactly what envelopeFromText accepts (20,000 seeded 
   expect(refused).toBeGreaterThan(10_000);
 });
 
-async function parse(pieces: Buffer[]): Promise<CopyRow[]> {
-  const parser = new CopyBinaryParser();
-  const rows: CopyRow[] = [];
-  const done = new Promise<void>((resolve, reject) => {
-    parser.on('data', (r: CopyRow) => rows.push(r));
-    parser.on('end', resolve);
-    parser.on('error', reject);
-  });
-  Readable.from(pieces, { objectMode: false }).pipe(parser);
-  await done;
-  return rows;
-}
 
 test('CopyPayloadBuilder writes the same bytes as the reference encoder, across piece boundaries', async () => {
   const rows: CopyRow[] = [
@@ -118,7 +106,7 @@ test('CopyPayloadBuilder writes the same bytes as the reference encoder, across 
   expect(pieces.length).toBeGreaterThan(2);
   for (const p of pieces) expect(p.byteOffset).toBe(0); // each on its own ArrayBuffer: transferable
   expect(Buffer.concat(pieces).equals(encodeCopyBinary(rows))).toBe(true);
-  const back = await parse(pieces);
+  const back = await parseCopy(pieces);
   expect(back.length).toBe(rows.length);
   expect(back.every((r, i) => r.every((f, j) => (f === null ? rows[i][j] === null : f.equals(rows[i][j]!))))).toBe(true);
 });
@@ -161,7 +149,7 @@ describe('ChunkEncoder', () => {
         [['10'], ['13'], 3, { 1: 3, 2: 1 }],
         [['14'], ['14'], 1, { 1: 1 }],
       ]);
-      const rows = (await parse(chunks[0].pieces)).concat(await parse(chunks[1].pieces));
+      const rows = (await parseCopy(chunks[0].pieces)).concat(await parseCopy(chunks[1].pieces));
       expect(rows.map((r) => r[0]!.toString())).toEqual(['10', '12', '13', '14']);
       for (const r of rows) {
         const i = Number(r[0]!.toString()) - 10;
