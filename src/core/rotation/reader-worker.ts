@@ -6,7 +6,7 @@
  *
  * Keeping the cryptography off the main thread is what lets it overlap with the writer: on
  * one thread, the writer's replies waited behind re-encryption bursts (measured: BEGIN alone
- * averaged 45 ms per chunk) and a rotation took 1.7 × the time of the same rewrite without
+ * averaged 45 ms per chunk) and a rotation took 1.8 × the time of the same rewrite without
  * cryptography.
  */
 import { parentPort, workerData } from 'node:worker_threads';

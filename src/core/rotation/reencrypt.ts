@@ -98,19 +98,16 @@ export function textEnvelope(raw: Buffer): Buffer {
   return bytes;
 }
 
-function keyDescription(p: ColumnPlan, keys: string[]): string {
-  return p.keyColumns.map((k, i) => `${k}=${keys[i]}`).join(', ');
-}
-
+/** `id=42` or `tenant=a, n=7`: a row's walk key as messages show it. */
 export function describeKey(p: ColumnPlan, keys: string[]): string {
-  return keyDescription(p, keys);
+  return p.keyColumns.map((k, i) => `${k}=${keys[i]}`).join(', ');
 }
 
 function integrity(p: ColumnPlan, keys: string[], why: string, version?: number): IntegrityError {
   const key: Record<string, string> = {};
   p.keyColumns.forEach((k, i) => (key[k] = keys[i]));
   return new IntegrityError(
-    `value in ${p.name} at ${keyDescription(p, keys)} ${why}; the rotation stopped before writing its chunk`,
+    `value in ${p.name} at ${describeKey(p, keys)} ${why}; the rotation stopped before writing its chunk`,
     { schema: p.col.table_schema, table: p.col.table_name, column: p.col.column_name, key, version },
     { hint: 'restore that value from a backup (or set it NULL if it is expendable), then run `alation-keys rotate` again to resume' },
   );
