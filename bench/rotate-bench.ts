@@ -16,6 +16,7 @@
  *                encrypt, one autocommitted UPDATE per row; measured on a sample of rows
  *                spread over the tables and extrapolated to the whole database by values/s.
  *
+ * Each measured phase starts after a CHECKPOINT.
  * Options: --sizes 200000,1000000  --row-sample 20000  --keep-db.
  * Uses $BENCH_DATABASE_URL (a server where it may create databases) or an embedded PostgreSQL 15
  * with stock settings in $BENCH_DIR (default /tmp/alation-keys-bench).
@@ -72,6 +73,15 @@ async function walLsn(pool: Pool): Promise<string> {
 
 async function walSince(pool: Pool, lsn: string): Promise<number> {
   return Number((await pool.query('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::text AS n', [lsn])).rows[0].n);
+}
+
+/**
+ * Every measured phase starts from the same state: a CHECKPOINT first, so no phase pays for
+ * flushing what the previous one (or the data generation) left dirty.
+ */
+async function checkpointFirst(pool: Pool): Promise<void> {
+  // CHECKPOINT needs a superuser (or pg_checkpoint from PostgreSQL 15); without, measure as is.
+  await pool.query('CHECKPOINT').catch((err) => log(`  (no CHECKPOINT before the phase: ${(err as Error).message})`));
 }
 
 /** Samples database size while `fn` runs; returns fn's result and the peak. */
@@ -303,6 +313,7 @@ async function main() {
       log(`\n== ${fmt(size)} values`);
       const inst = await setUp(creator, size, dir);
       if (i === 0) log(`  PostgreSQL ${await pgVersion(inst.pool)}${server ? ' (embedded, stock settings)' : ''}`);
+      await checkpointFirst(inst.pool);
       const wal0 = await walLsn(inst.pool);
       const rot = await withSizeSampling(inst.pool, () => runRotate(inst));
       const wal = await walSince(inst.pool, wal0);
@@ -336,6 +347,7 @@ async function main() {
       log(`  verified:   ${fmt(report.checked)} values decrypt to their plaintext, ${bad} problems, versions ${JSON.stringify(Object.values(report.versions).map((v) => Object.keys(v)))}`);
       if (bad) throw new Error('verification failed');
       if (last) {
+        await checkpointFirst(inst.pool);
         const wal1 = await walLsn(inst.pool);
         const ref = await withSizeSampling(inst.pool, () => referencePipeline(inst.pool));
         const refWal = await walSince(inst.pool, wal1);
@@ -350,11 +362,13 @@ async function main() {
           `  limit:      ${res.limit.seconds.toFixed(1)} s, ${fmt(res.limit.valuesPerSecond)} values/s, ${res.limit.mbPerSecond.toFixed(1)} MB/s (no crypto: COPY out, COPY to staging, UPDATE … FROM, same chunks and vacuum cadence); WAL ${fmt(res.limit.walMb)} MB`,
         );
         // Same physical state as the limit run had (tables rewritten once, space reused).
+        await checkpointFirst(inst.pool);
         const again = await runRotate(inst);
         res.rotateAgain = { seconds: again.seconds, valuesPerSecond: inst.values / again.seconds, mbPerSecond: inst.bytes / MB / again.seconds, peakRssMb: again.peakRssKb / 1024 };
         log(
           `  rotate #2:  ${again.seconds.toFixed(1)} s, ${fmt(res.rotateAgain.valuesPerSecond)} values/s, ${res.rotateAgain.mbPerSecond.toFixed(1)} MB/s; peak RSS ${res.rotateAgain.peakRssMb.toFixed(0)} MB (right after the limit run, same table state)`,
         );
+        await checkpointFirst(inst.pool);
         const rb = await rowByRow(inst, args.rowSample);
         res.rowByRow = {
           sampleRows: rb.rows,
