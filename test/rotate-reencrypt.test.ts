@@ -4,12 +4,12 @@
  * encoder (re-encryption, skipping, chunk limits, integrity errors).
  */
 import { randomBytes } from 'node:crypto';
-import { envelopeFromText, envelopeToText, openEnvelope, sealEnvelope } from '../src/crypto/envelope';
+import { envelopeFromText, envelopeFromTextBytes as textEnvelope, envelopeToText, openEnvelope, sealEnvelope } from '../src/crypto/envelope';
 import { IntegrityError } from '../src/errors';
-import { CopyRow, encodeCopyBinary } from '../src/core/rotation/copy-binary';
+import { CopyPayloadBuilder, CopyRow, encodeCopyBinary } from '../src/core/rotation/copy-binary';
 import { parseCopy } from './support/copy';
 import { ColumnPlan } from '../src/core/rotation/plan';
-import { ChunkEncoder, CopyPayloadBuilder, EncodedChunk, textEnvelope } from '../src/core/rotation/reencrypt';
+import { ChunkEncoder, EncodedChunk } from '../src/core/rotation/reencrypt';
 
 /** Small deterministic PRNG (mulberry32) so a failure replays. */
 function prng(seed: number): () => number {

@@ -93,10 +93,6 @@ export async function lastSucceededJob(db: Queryable, kind: string): Promise<Job
 }
 
 /**
- * Marks `running` jobs whose process is gone (no session holds the maintenance lock) as
- * interrupted, so history tells the truth after a kill -9 or a database restart.
- */
-/**
  * application_name of the pg_dump sessions of backup job `jobId`: after the tool itself was
  * killed, pg_dump would otherwise run on (holding its snapshot) until it finished.
  */
@@ -108,8 +104,9 @@ const ORPHANED = `state = 'interrupted', finished_at = coalesce(finished_at, upd
               error = coalesce(error, 'the process stopped without finishing (killed, or the database restarted)')`;
 
 /**
- * Marks `running` jobs whose process is gone (nobody holds the maintenance lock) as
- * interrupted, and ends the pg_dump sessions an orphaned backup left behind.
+ * Marks `running` jobs whose process is gone (no session holds the maintenance lock) as
+ * interrupted, so history tells the truth after a kill -9 or a database restart, and ends the
+ * pg_dump sessions an orphaned backup left behind.
  */
 export async function markOrphanedJobs(db: Queryable, opts: { holdingLock?: boolean } = {}): Promise<number> {
   const r = opts.holdingLock

@@ -191,3 +191,66 @@ export function encodeCopyBinary(rows: CopyRow[]): Buffer {
   out.writeInt16BE(-1, off);
   return out;
 }
+
+const PIECE_BYTES = 256 * 1024;
+
+/**
+ * Builds a binary COPY payload row by row into pieces of about 256 KiB, each on its own
+ * ArrayBuffer (so the pieces can be transferred to another thread without a copy).
+ */
+export class CopyPayloadBuilder {
+  private pieces: Buffer[] = [];
+  private cur: Buffer;
+  private off = 0;
+
+  constructor() {
+    this.cur = Buffer.allocUnsafeSlow(PIECE_BYTES);
+    COPY_SIGNATURE.copy(this.cur, 0);
+    this.cur.writeInt32BE(0, COPY_SIGNATURE.length);
+    this.cur.writeInt32BE(0, COPY_SIGNATURE.length + 4);
+    this.off = HEADER_FIXED;
+  }
+
+  private room(n: number): void {
+    if (this.off + n <= this.cur.length) return;
+    this.pieces.push(this.cur.subarray(0, this.off));
+    this.cur = Buffer.allocUnsafeSlow(Math.max(PIECE_BYTES, n));
+    this.off = 0;
+  }
+
+  row(fields: number): void {
+    this.room(2);
+    this.off = this.cur.writeInt16BE(fields, this.off);
+  }
+
+  field(value: Buffer | null): void {
+    if (value === null) {
+      this.room(4);
+      this.off = this.cur.writeInt32BE(-1, this.off);
+      return;
+    }
+    this.room(4 + value.length);
+    this.off = this.cur.writeInt32BE(value.length, this.off);
+    this.off += value.copy(this.cur, this.off);
+  }
+
+  /** A field of `prefix` followed by the latin1 bytes of `text` (`ak1:` + base64). */
+  textField(prefix: Buffer, text: string): number {
+    const n = prefix.length + text.length;
+    this.room(4 + n);
+    this.off = this.cur.writeInt32BE(n, this.off);
+    this.off += prefix.copy(this.cur, this.off);
+    this.off += this.cur.write(text, this.off, 'latin1');
+    return n;
+  }
+
+  /** The payload with its trailer. The builder is not usable afterwards. */
+  finish(): Buffer[] {
+    this.room(2);
+    this.off = this.cur.writeInt16BE(-1, this.off);
+    this.pieces.push(this.cur.subarray(0, this.off));
+    const out = this.pieces;
+    this.pieces = [];
+    return out;
+  }
+}

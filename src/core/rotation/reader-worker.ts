@@ -30,13 +30,12 @@ async function main(): Promise<void> {
       w?.();
     }
   });
+  // The pool's settings, DateStyle ISO included (resolveConnectionConfig): watermarks are keys
+  // in their text form, read back by later sessions.
   const client = new Client(config);
   client.on('error', () => undefined);
   await client.connect();
   try {
-    // Watermarks are keys in their text form, checkpointed and read back by later sessions:
-    // ISO dates parse the same under any DateStyle, '13/01/2026' does not.
-    await client.query(`SET DateStyle = 'ISO, MDY'`);
     for await (const chunk of readChunks(client, job)) {
       while (credit === 0) await new Promise<void>((resolve) => (wake = resolve));
       credit--;

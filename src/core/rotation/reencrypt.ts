@@ -7,15 +7,15 @@ import { randomBytes } from 'node:crypto';
 import {
   ENVELOPE_PREFIX_LENGTH,
   EnvelopeAuthError,
-  EnvelopeFormatError,
   NONCE_LENGTH,
-  TEXT_PREFIX,
+  TEXT_PREFIX_BYTES,
+  envelopeFromTextBytes,
   envelopeVersion,
   openEnvelope,
   sealEnvelope,
 } from '../../crypto/envelope';
 import { IntegrityError } from '../../errors';
-import { COPY_SIGNATURE, CopyRow } from './copy-binary';
+import { CopyPayloadBuilder, CopyRow } from './copy-binary';
 import { ColumnPlan, storedPrefixLength } from './plan';
 
 /** What one page reader needs to know; plain data, so it crosses into a worker thread. */
@@ -61,43 +61,6 @@ export function nextNonce(): Buffer {
   return n;
 }
 
-const TEXT_PREFIX_BYTES = Buffer.from(TEXT_PREFIX, 'latin1');
-const EQUALS = 0x3d;
-/** Value of each base64 alphabet byte, -1 for anything else. */
-const BASE64_VALUE = new Int8Array(256).fill(-1);
-'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'.split('').forEach((c, i) => (BASE64_VALUE[c.charCodeAt(0)] = i));
-
-/**
- * The binary envelope of a text-storage value (`ak1:` + canonical base64), exactly as strict
- * as envelopeFromText (a test checks both accept the same strings) but without re-encoding
- * the value to compare: padding only at the end, the decoded length the body implies (Node's
- * decoder skips bytes outside the alphabet, so any such byte shortens it), no URL-safe
- * characters (which Node's decoder accepts), zero unused bits in the last character.
- */
-export function textEnvelope(raw: Buffer): Buffer {
-  const start = TEXT_PREFIX_BYTES.length;
-  if (raw.length < start || raw.compare(TEXT_PREFIX_BYTES, 0, start, 0, start) !== 0) {
-    throw new EnvelopeFormatError('not an envelope (text value without the ak1: prefix)');
-  }
-  const bodyLength = raw.length - start;
-  const end = raw.length;
-  const pad = bodyLength > 0 && raw[end - 1] === EQUALS ? (raw[end - 2] === EQUALS && bodyLength > 1 ? 2 : 1) : 0;
-  const firstEquals = raw.indexOf(EQUALS, start);
-  const bytes = bodyLength % 4 === 0 ? Buffer.from(raw.toString('latin1', start), 'base64') : null;
-  if (
-    bytes === null ||
-    (firstEquals !== -1 && firstEquals !== end - pad) ||
-    bytes.length !== (bodyLength / 4) * 3 - pad ||
-    raw.indexOf(0x2d, start) !== -1 || // '-'
-    raw.indexOf(0x5f, start) !== -1 || // '_'
-    (pad === 1 && (BASE64_VALUE[raw[end - 2]] & 0x03) !== 0) ||
-    (pad === 2 && (BASE64_VALUE[raw[end - 3]] & 0x0f) !== 0)
-  ) {
-    throw new EnvelopeFormatError('not an envelope (malformed or non-canonical base64)');
-  }
-  return bytes;
-}
-
 /** `id=42` or `tenant=a, n=7`: a row's walk key as messages show it. */
 export function describeKey(p: ColumnPlan, keys: string[]): string {
   return p.keyColumns.map((k, i) => `${k}=${keys[i]}`).join(', ');
@@ -111,70 +74,6 @@ function integrity(p: ColumnPlan, keys: string[], why: string, version?: number)
     { schema: p.col.table_schema, table: p.col.table_name, column: p.col.column_name, key, version },
     { hint: 'restore that value from a backup (or set it NULL if it is expendable), then run `alation-keys rotate` again to resume' },
   );
-}
-
-const PIECE_BYTES = 256 * 1024;
-const HEADER_FIXED = COPY_SIGNATURE.length + 8;
-
-/**
- * Builds a binary COPY payload row by row into pieces of about 256 KiB, each on its own
- * ArrayBuffer (so the pieces can be transferred to another thread without a copy).
- */
-export class CopyPayloadBuilder {
-  private pieces: Buffer[] = [];
-  private cur: Buffer;
-  private off = 0;
-
-  constructor() {
-    this.cur = Buffer.allocUnsafeSlow(PIECE_BYTES);
-    COPY_SIGNATURE.copy(this.cur, 0);
-    this.cur.writeInt32BE(0, COPY_SIGNATURE.length);
-    this.cur.writeInt32BE(0, COPY_SIGNATURE.length + 4);
-    this.off = HEADER_FIXED;
-  }
-
-  private room(n: number): void {
-    if (this.off + n <= this.cur.length) return;
-    this.pieces.push(this.cur.subarray(0, this.off));
-    this.cur = Buffer.allocUnsafeSlow(Math.max(PIECE_BYTES, n));
-    this.off = 0;
-  }
-
-  row(fields: number): void {
-    this.room(2);
-    this.off = this.cur.writeInt16BE(fields, this.off);
-  }
-
-  field(value: Buffer | null): void {
-    if (value === null) {
-      this.room(4);
-      this.off = this.cur.writeInt32BE(-1, this.off);
-      return;
-    }
-    this.room(4 + value.length);
-    this.off = this.cur.writeInt32BE(value.length, this.off);
-    this.off += value.copy(this.cur, this.off);
-  }
-
-  /** A field of `prefix` followed by the latin1 bytes of `text` (`ak1:` + base64). */
-  textField(prefix: Buffer, text: string): number {
-    const n = prefix.length + text.length;
-    this.room(4 + n);
-    this.off = this.cur.writeInt32BE(n, this.off);
-    this.off += prefix.copy(this.cur, this.off);
-    this.off += this.cur.write(text, this.off, 'latin1');
-    return n;
-  }
-
-  /** The payload with its trailer. The builder is not usable afterwards. */
-  finish(): Buffer[] {
-    this.room(2);
-    this.off = this.cur.writeInt16BE(-1, this.off);
-    this.pieces.push(this.cur.subarray(0, this.off));
-    const out = this.pieces;
-    this.pieces = [];
-    return out;
-  }
 }
 
 /**
@@ -217,7 +116,7 @@ export class ChunkEncoder {
     let envelope: Buffer;
     let version: number;
     try {
-      envelope = this.text ? textEnvelope(raw) : raw;
+      envelope = this.text ? envelopeFromTextBytes(raw) : raw;
       version = envelopeVersion(envelope);
     } catch (err) {
       throw integrity(p, keys, `is not a valid envelope (${(err as Error).message})`);
