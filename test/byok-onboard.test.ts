@@ -136,11 +136,36 @@ describe('byok onboard', () => {
     expect(server.calls.Decrypt).toBe(2);
   });
 
-  test('afterwards onboarding again without --replace and going back to local are refused with exit 3; status shows BYOK', async () => {
+  test('onboarding again to the same region, key and role exits 0 and changes nothing (no job, no re-wrap, no AWS call), with or without --replace', async () => {
+    const keysBefore = snapshot(await readKeyring(inst.db.pool));
+    const settingsBefore = await readSettings(inst.db.pool);
+    const jobsBefore = await listJobs(inst.db.pool, {});
+
     const again = await runCli(['byok', 'onboard', ...byokArgs(server, keyArn), '--yes'], { env: env() });
+    expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(again.stdout).toContain('already onboarded to this key; nothing to do');
+    const json = await runCliJson(['byok', 'onboard', ...byokArgs(server, keyArn)], { env: env() });
+    expect(json.code).toBe(0);
+    expect(json.json).toEqual({ ok: true, onboarded: true, changed: false, keyArn, roleArn: ROLE_ARN, region: server.region });
+    const replace = await runCli(['byok', 'onboard', ...byokArgs(server, keyArn), '--replace', '--yes'], { env: env() });
+    expect(replace.code).toBe(0);
+    expect(replace.stdout).toContain('already onboarded to this key; nothing to do');
+
+    expect(snapshot(await readKeyring(inst.db.pool))).toEqual(keysBefore);
+    expect(await readSettings(inst.db.pool)).toEqual(settingsBefore);
+    expect((await listJobs(inst.db.pool, {})).map((j) => j.id)).toEqual(jobsBefore.map((j) => j.id));
+    expect(server.requests).toEqual([]);
+  });
+
+  test('afterwards onboarding another key without --replace and going back to local are refused with exit 3; status shows BYOK', async () => {
+    const otherKey = server.createKey({ description: 'another key' }).arn;
+    const again = await runCli(['byok', 'onboard', ...byokArgs(server, otherKey), '--yes'], { env: env() });
     expect(again.code).toBe(3);
     expect(again.stderr).toContain(`BYOK is already onboarded: data keys are wrapped by ${keyArn}`);
     expect(again.stderr).toContain('--replace');
+    const otherRole = await runCli(['byok', 'onboard', ...byokArgs(server, keyArn, ROLE_ARN.replace('111122223333', '444455556666')), '--yes'], { env: env() });
+    expect(otherRole.code).toBe(3);
+    expect(otherRole.stderr).toContain('--replace');
 
     const back = await runCli(['byok', 'offboard'], { env: env() });
     expect(back.code).toBe(3);

@@ -468,13 +468,15 @@ export interface OnboardPlan {
   dataKeys: number;
   /** What becomes irreversible, one sentence each. */
   irreversible: string[];
+  /** The installation already uses exactly this region, key and role: nothing to do. */
+  alreadyOnboarded: boolean;
 }
 
 /** Refuses what cannot be done (exit 3) before anything talks to AWS. */
 export async function planOnboarding(pool: Pool, target: ByokTarget, opts: { replace?: boolean }): Promise<OnboardPlan> {
   await requireInitialised(pool);
   const settings = await readSettings(pool);
-  checkOnboardAllowed(settings, target, !!opts.replace);
+  const alreadyOnboarded = checkOnboardAllowed(settings, target, !!opts.replace) === 'already-onboarded';
   const externalId = await ensureExternalId(pool);
   const keys = (await readKeyring(pool)).filter((k) => k.state !== 'destroyed' && k.wrapped_key);
   const irreversible = [
@@ -493,11 +495,27 @@ export async function planOnboarding(pool: Pool, target: ByokTarget, opts: { rep
     fromKeyArn: settings.aws?.key_arn ?? null,
     dataKeys: keys.length,
     irreversible,
+    alreadyOnboarded,
   };
 }
 
-function checkOnboardAllowed(settings: Settings, target: ByokTarget, replace: boolean): void {
+/** True when the installation is onboarded to exactly this region, key and role. */
+function onboardedTo(settings: Settings, target: ByokTarget): boolean {
+  return (
+    settings.kek_provider === 'aws-kms' &&
+    settings.aws?.key_arn === target.key.arn &&
+    settings.aws?.role_arn === target.role.arn &&
+    settings.aws?.region === target.region
+  );
+}
+
+/**
+ * Refuses (exit 3) what onboarding cannot do; 'already-onboarded' when the installation uses
+ * this very target (with or without --replace), so that a runbook step can run again.
+ */
+function checkOnboardAllowed(settings: Settings, target: ByokTarget, replace: boolean): 'allowed' | 'already-onboarded' {
   if (!settings.installation_id) throw new PreconditionError('the installation has no id', { hint: 'run `alation-keys init`' });
+  if (onboardedTo(settings, target)) return 'already-onboarded';
   const onboarded = settings.kek_provider === 'aws-kms';
   if (onboarded && !replace) {
     throw new PreconditionError(`BYOK is already onboarded: data keys are wrapped by ${settings.aws?.key_arn ?? 'a KMS key'}`, {
@@ -509,9 +527,7 @@ function checkOnboardAllowed(settings: Settings, target: ByokTarget, replace: bo
       hint: 'run `alation-keys byok onboard` without --replace',
     });
   }
-  if (onboarded && replace && settings.aws?.key_arn === target.key.arn && settings.aws?.role_arn === target.role.arn && settings.aws?.region === target.region) {
-    throw new PreconditionError(`the installation already uses key ${target.key.arn} through ${target.role.arn}; nothing to replace`);
-  }
+  return 'allowed';
 }
 
 export interface OnboardResult {
@@ -544,7 +560,9 @@ export async function applyOnboarding(
   try {
     await markOrphanedJobs(pool, { holdingLock: true });
     const settings = await readSettings(pool);
-    checkOnboardAllowed(settings, plan.target, plan.replace);
+    if (plan.alreadyOnboarded || checkOnboardAllowed(settings, plan.target, plan.replace) === 'already-onboarded') {
+      throw new PreconditionError(`the installation already uses key ${plan.target.key.arn} through ${plan.target.role.arn}; nothing to onboard`);
+    }
     if ((settings.kek_provider ?? 'local') !== plan.fromProvider) {
       throw new PreconditionError('the key provider changed while onboarding was being prepared; run the command again');
     }

@@ -79,6 +79,13 @@ function failTest(report: ByokTestReport): never {
 export async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace?: boolean }): Promise<void> {
   const target = parseByokTarget(flags);
   const plan = await planOnboarding(ctx.pool, target, { replace: opts.replace });
+  if (plan.alreadyOnboarded) {
+    if (ctx.globals.json) {
+      return ctx.io.printJson({ ok: true, onboarded: true, changed: false, keyArn: target.key.arn, roleArn: target.role.arn, region: target.region });
+    }
+    ctx.io.print(`already onboarded to this key; nothing to do (${target.key.arn} through ${target.role.arn} in ${target.region})`);
+    return;
+  }
   ctx.io.info(`testing ${target.key.arn} through ${target.role.arn} before onboarding`);
   const report = await preflight(ctx, flags);
   if (!report.ok) {
@@ -100,7 +107,7 @@ export async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { 
     throw err;
   }
   progress.succeed(`re-wrapped ${result.rewrapped} data key(s) under ${result.keyArn}`);
-  if (ctx.globals.json) return ctx.io.printJson({ ok: true, onboarded: true, test: report, result });
+  if (ctx.globals.json) return ctx.io.printJson({ ok: true, onboarded: true, changed: true, test: report, result });
   ctx.io.print(`BYOK ${plan.replace ? 'moved to' : 'enabled with'} ${result.keyArn} (job ${result.jobId}); new data keys come from KMS GenerateDataKey.`);
   ctx.io.print('Check it any time with `alation-keys status`.');
 }
