@@ -1,6 +1,6 @@
 /**
  * Writes test/vectors/envelope-v1.json: fixed keys, nonces, contexts and plaintexts with the
- * exact envelopes they give, so another language can implement SPEC section 3 and check itself.
+ * exact envelopes they give, so another language can implement docs/format.md and check itself.
  * Run: node dist/scripts/make-vectors.js  (the test asserts the committed file byte for byte).
  */
 import { createHash } from 'node:crypto';
@@ -62,7 +62,7 @@ export function buildVectors() {
   return {
     format: 'alation-keys/envelope-vectors',
     version: 1,
-    spec: 'SPEC.md section 2.2 (local wrapping) and section 3 (value envelope v1)',
+    spec: 'docs/format.md: wrapped data keys (section 3.1, provider local) and the value envelope v1 (section 4)',
     dek_hex: hex(dek),
     master_key: { id: 'mk_vectors', material_base64: masterKey.toString('base64') },
     envelopes,

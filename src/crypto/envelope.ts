@@ -1,5 +1,5 @@
 /**
- * The value envelope, format v1 (SPEC section 3). Pure functions: no I/O.
+ * The value envelope, format v1 (docs/format.md section 4). Pure functions: no I/O.
  *
  *   0  2  magic "AK"
  *   2  1  format version 0x01

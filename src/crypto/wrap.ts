@@ -1,5 +1,5 @@
 /**
- * DEK wrapping under a local master key (SPEC 2.2, provider `local`). Pure functions.
+ * DEK wrapping under a local master key (docs/format.md section 3.1, provider `local`). Pure functions.
  * wrapped_key = nonce(12) || ciphertext(32) || tag(16), AAD "alation-keys/dek/<version>".
  */
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
