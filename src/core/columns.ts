@@ -4,7 +4,7 @@ import { PreconditionError, UsageError } from '../errors';
 import { Storage } from '../crypto/envelope';
 import { Queryable } from '../db/transaction';
 import { formatColumnName, parseQualifiedName } from './identifiers';
-import { versionCountSql } from './value-sql';
+import { censusColumn } from './census';
 
 export interface EncryptedColumn {
   table_schema: string;
@@ -103,9 +103,9 @@ export async function addColumn(db: Queryable, name: string, opts: { context?: s
   return { column: r.rows[0], added: true };
 }
 
+/** Envelopes in the column (plaintext and NULLs are not counted). */
 export async function countEncryptedValues(db: Queryable, col: EncryptedColumn): Promise<number> {
-  const r = await db.query<{ n: string }>(versionCountSql(col, true));
-  return r.rows.reduce((sum, row) => sum + Number(row.n), 0);
+  return (await censusColumn(db, col)).envelopes;
 }
 
 export async function removeColumn(db: Queryable, name: string): Promise<EncryptedColumn> {

@@ -27,6 +27,7 @@ import { LocalKeyProvider } from '../kms/local';
 import { newMasterKey, writeMasterKeyFile } from '../kms/master-key-file';
 import { KeyProvider } from '../kms/provider';
 import { takeBackup } from './backup';
+import { censusColumn, ColumnCensus, nonEnvelopeError, nonEnvelopeProblems } from './census';
 import { EncryptedColumn, listColumns } from './columns';
 import { formatBytes, Headroom, measureHeadroom } from './headroom';
 import { createJob, describeLockHolder, finishJob, getJob, JobRecord, lastSucceededJob, listJobs, markOrphanedJobs, reopenJob } from './jobs';
@@ -132,7 +133,9 @@ export interface RotatePlan {
   primaryVersion: number;
   newVersion: number;
   provider: string;
-  columns: Array<{ column: string; storage: string; rows: number; bytes: number; perVersion: VersionCount[] }>;
+  columns: Array<{ column: string; storage: string; state: string; rows: number; bytes: number; perVersion: VersionCount[]; plaintext: number; malformed: number; nulls: number }>;
+  /** Encrypted columns holding values that are not envelopes: the real run refuses (exit 5). */
+  nonEnvelopes: string[];
   rows: number;
   bytes: number;
   headroom: Headroom;
@@ -220,6 +223,12 @@ async function openProvider(pool: Pool, opts: RotateOptions, rows: KeyringRow[])
   return { provider, deks };
 }
 
+async function censusColumns(pool: Pool, cols: EncryptedColumn[]): Promise<ColumnCensus[]> {
+  const out: ColumnCensus[] = [];
+  for (const c of cols) out.push(await censusColumn(pool, c));
+  return out;
+}
+
 async function planColumns(pool: Pool, cols: EncryptedColumn[]): Promise<ColumnPlan[]> {
   const plans: ColumnPlan[] = [];
   for (const [i, c] of cols.entries()) plans.push(await planColumn(pool, c, i));
@@ -255,6 +264,8 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
   const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid), MAINTENANCE_LOCK);
   try {
     await markOrphanedJobs(pool, { holdingLock: true });
+    const problems = nonEnvelopeProblems(await censusColumns(pool, await listColumns(pool)));
+    if (problems.length > 0) throw nonEnvelopeError(problems, 'rotate refused');
     resumable = await findResumable(pool, primary);
     if (resumable) {
       events.info?.(`resuming job ${resumable.id} (v${resumable.from_version ?? '?'}→v${resumable.to_version}) from its checkpoints (it was ${resumable.state}${resumable.error ? `: ${resumable.error}` : ''})`);
@@ -605,19 +616,24 @@ async function dryRun(pool: Pool, opts: RotateOptions, rows: KeyringRow[], prima
       preflight.push((err as Error).message);
     }
   }
-  const plans = await planColumns(pool, await listColumns(pool));
+  const cols = await listColumns(pool);
+  const plans = await planColumns(pool, cols);
+  const censuses = await censusColumns(pool, cols);
+  const nonEnvelopes = nonEnvelopeProblems(censuses);
+  for (const x of nonEnvelopes) preflight.push(`values that are not envelopes in ${x}`);
   const targetVersion = resumable?.to_version ?? Math.max(...rows.map((r) => r.version)) + 1;
   const columns: RotatePlan['columns'] = [];
   let totalRows = 0;
   let totalBytes = 0;
-  for (const p of plans) {
+  for (const [i, p] of plans.entries()) {
     const perVersion = await countVersions(pool, p);
+    const { plaintext, malformed, nulls, state } = censuses[i];
     const todo = perVersion.filter((c) => c.version !== targetVersion);
     const rowsTodo = todo.reduce((s, c) => s + c.values, 0);
     const bytesTodo = todo.reduce((s, c) => s + c.bytes, 0);
     totalRows += rowsTodo;
     totalBytes += bytesTodo;
-    columns.push({ column: p.name, storage: p.col.storage, rows: rowsTodo, bytes: bytesTodo, perVersion });
+    columns.push({ column: p.name, storage: p.col.storage, state, rows: rowsTodo, bytes: bytesTodo, perVersion, plaintext, malformed, nulls });
   }
   const sample = await measureSample(pool, plans, deks, targetVersion);
   // The sample times reading, crypto and staging; the UPDATE of the real run costs about as
@@ -631,6 +647,7 @@ async function dryRun(pool: Pool, opts: RotateOptions, rows: KeyringRow[], prima
     newVersion: targetVersion,
     provider: provider.kind,
     columns,
+    nonEnvelopes,
     rows: totalRows,
     bytes: totalBytes,
     headroom,

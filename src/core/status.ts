@@ -2,21 +2,25 @@
 import { Pool } from 'pg';
 import { requireInitialised } from '../db/migrations';
 import { createKeyProvider, ProviderOptions } from '../kms';
+import { censusColumn, ColumnCensus } from './census';
 import { EncryptedColumn, listColumns } from './columns';
-import { formatColumnName } from './identifiers';
 import { Headroom, measureHeadroom } from './headroom';
 import { JobRecord, lastSucceededJob, listJobs, markOrphanedJobs } from './jobs';
 import { KeyringRow, readKeyring } from './keyring';
 import { readSettings, Settings } from './settings';
-import { versionCountSql } from './value-sql';
 
 export interface ColumnVersionCounts {
   column: string;
   storage: string;
+  /** encrypted | encrypting | decrypting (SPEC 4.2). */
+  state: string;
   /** DEK version -> number of values. */
   versions: Record<string, number>;
-  /** Non-NULL values whose header is not a v1 envelope. */
+  /** Values that start like an envelope but whose header cannot be read. */
   malformed: number;
+  /** Non-NULL values that are not envelopes. */
+  plaintext: number;
+  nulls: number;
 }
 
 export interface KeyStatus {
@@ -44,15 +48,14 @@ export interface StatusReport {
   attention: string[];
 }
 
-export async function countVersions(pool: Pool, col: EncryptedColumn): Promise<ColumnVersionCounts> {
-  const r = await pool.query<{ version: string | null; n: string }>(versionCountSql(col));
+export function versionCounts(c: ColumnCensus): ColumnVersionCounts {
   const versions: Record<string, number> = {};
-  let malformed = 0;
-  for (const row of r.rows) {
-    if (row.version === null) malformed += Number(row.n);
-    else versions[String(row.version)] = Number(row.n);
-  }
-  return { column: formatColumnName(col), storage: col.storage, versions, malformed };
+  for (const [v, n] of Object.entries(c.versions)) versions[v] = n.values;
+  return { column: c.column, storage: c.storage, state: c.state, versions, malformed: c.malformed, plaintext: c.plaintext, nulls: c.nulls };
+}
+
+export async function countVersions(pool: Pool, col: EncryptedColumn): Promise<ColumnVersionCounts> {
+  return versionCounts(await censusColumn(pool, col));
 }
 
 const DAY = 86_400_000;
@@ -95,7 +98,10 @@ export async function collectStatus(
 
   const known = new Map(keyring.map((k) => [String(k.version), k.state]));
   for (const c of counts) {
-    if (c.malformed > 0) attention.push(`${c.column}: ${c.malformed} value(s) are not valid envelopes`);
+    if (c.malformed > 0) attention.push(`${c.column}: ${c.malformed} value(s) look like envelopes but are malformed; run \`alation-keys verify ${c.column}\``);
+    if (c.plaintext > 0 && c.state === 'encrypted') {
+      attention.push(`${c.column}: ${c.plaintext} plaintext value(s) in an encrypted column; run \`alation-keys verify ${c.column}\`, then \`alation-keys encrypt ${c.column}\``);
+    }
     for (const [v, n] of Object.entries(c.versions)) {
       const state = known.get(v);
       if (!state) attention.push(`${c.column}: ${n} value(s) use data key v${v}, which the keyring does not have`);

@@ -1,10 +1,12 @@
 import { Command } from 'commander';
 import { addColumn, countEncryptedValues, findColumn, listColumns, removeColumn } from '../../core/columns';
 import { formatColumnName } from '../../core/identifiers';
+import { countVersions } from '../../core/status';
 import { requireInitialised } from '../../db/migrations';
 import { UsageError } from '../../errors';
 import { Runner } from '../context';
 import { formatTime, renderTable } from '../render';
+import { renderColumnCensus } from './status';
 
 export function register(program: Command, run: Runner): void {
   const columns = program.command('columns').description('manage the registry of encrypted columns');
@@ -14,8 +16,14 @@ export function register(program: Command, run: Runner): void {
     run('columns', list, async (ctx) => {
       await requireInitialised(ctx.pool);
       const cols = await listColumns(ctx.pool);
+      const counts = await Promise.all(cols.map((c) => countVersions(ctx.pool, c)));
       if (ctx.globals.json) {
-        return ctx.io.printJson({ columns: cols.map((c) => ({ column: formatColumnName(c), ...c })) });
+        return ctx.io.printJson({
+          columns: cols.map((c, i) => {
+            const { versions, plaintext, malformed, nulls } = counts[i];
+            return { column: formatColumnName(c), ...c, values: versions, plaintext, malformed, nulls };
+          }),
+        });
       }
       if (cols.length === 0) return ctx.io.print('no encrypted columns registered (add one with `alation-keys columns add SCHEMA.TABLE.COLUMN`)');
       ctx.io.print(
@@ -25,6 +33,7 @@ export function register(program: Command, run: Runner): void {
           cols.map((c) => [formatColumnName(c), c.storage, c.key_columns.join(', '), c.context, formatTime(c.added_at)]),
         ),
       );
+      ctx.io.print(renderColumnCensus(ctx.io, counts));
     }),
   );
 
@@ -57,7 +66,7 @@ export function register(program: Command, run: Runner): void {
       if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
       const n = await countEncryptedValues(ctx.pool, col);
       if (n > 0) {
-        ctx.io.warn(`${formatColumnName(col)} holds ${n} encrypted value(s); once removed they are no longer rotated or counted`);
+        ctx.io.warn(`${formatColumnName(col)} holds ${n} envelope(s); once removed they are no longer rotated or counted`);
         await ctx.io.confirm(`Unregister ${formatColumnName(col)}?`);
       }
       const removed = await removeColumn(ctx.pool, name);

@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { formatBytes } from '../../core/headroom';
 import { ColumnProgress, DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rotate';
+import { nonEnvelopeError } from '../../core/census';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rotation/util';
 import { Runner } from '../context';
@@ -58,8 +59,8 @@ export function register(program: Command, run: Runner): void {
           display.events(),
         );
         display.stop();
-        if (ctx.globals.json) return ctx.io.printJson(result);
-        if (result.result === 'not-due') {
+        if (ctx.globals.json) ctx.io.printJson(result);
+        else if (result.result === 'not-due') {
           ctx.io.print(
             `not due: primary data key v${result.primaryVersion} is ${formatDuration(result.primaryAgeSeconds * 1000)} old (rotate when older than ${formatDuration(result.ifOlderThanSeconds * 1000)})`,
           );
@@ -67,6 +68,9 @@ export function register(program: Command, run: Runner): void {
           ctx.io.print(renderPlan(ctx.io, result));
         } else {
           ctx.io.print(renderSummary(ctx.io, result));
+        }
+        if (result.result === 'dry-run' && result.nonEnvelopes.length > 0) {
+          throw nonEnvelopeError(result.nonEnvelopes, 'the rotation would be refused', { reported: true });
         }
       } catch (err) {
         display.fail();
@@ -170,13 +174,15 @@ function renderPlan(io: IOStreams, p: RotatePlan): string {
   out.push(
     renderTable(
       io,
-      ['column', 'storage', 'values to rewrite', 'MB', 'per version'],
+      ['column', 'storage', 'values to rewrite', 'MB', 'per version', 'plaintext', 'NULL'],
       p.columns.map((c) => [
         c.column,
         c.storage,
         formatCount(c.rows),
         (c.bytes / MB).toFixed(1),
         c.perVersion.map((v) => `v${v.version ?? '?'}: ${formatCount(v.values)}`).join(', '),
+        formatCount(c.plaintext),
+        formatCount(c.nulls),
       ]),
     ),
   );

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { collectStatus, StatusReport } from '../../core/status';
+import { collectStatus, ColumnVersionCounts, StatusReport } from '../../core/status';
 import { formatBytes } from '../../core/headroom';
 import { PreconditionError } from '../../errors';
 import { IOStreams } from '../io';
@@ -57,6 +57,11 @@ export function renderStatus(io: IOStreams, r: StatusReport): string {
       ]),
     ),
   );
+  if (r.columns.length) {
+    out.push('');
+    out.push('columns');
+    out.push(renderColumnCensus(io, r.columns));
+  }
   out.push('');
   const b = r.lastBackup;
   out.push(
@@ -81,4 +86,22 @@ export function renderStatus(io: IOStreams, r: StatusReport): string {
     out.push(io.ok('nothing needs attention'));
   }
   return out.join('\n');
+}
+
+/** Values per DEK version, plaintext, malformed and NULLs of each column (status, columns list). */
+export function renderColumnCensus(io: IOStreams, columns: ColumnVersionCounts[]): string {
+  return renderTable(
+    io,
+    ['column', 'state', 'per data key', 'plaintext', 'malformed', 'NULL'],
+    columns.map((c) => [
+      c.column,
+      c.state,
+      Object.entries(c.versions)
+        .map(([v, n]) => `v${v}: ${formatCount(n)}`)
+        .join('\n'),
+      c.plaintext > 0 && c.state === 'encrypted' ? io.bad(formatCount(c.plaintext)) : formatCount(c.plaintext),
+      c.malformed > 0 ? io.bad(formatCount(c.malformed)) : formatCount(c.malformed),
+      formatCount(c.nulls),
+    ]),
+  );
 }

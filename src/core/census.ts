@@ -1,0 +1,98 @@
+/**
+ * The census of a registered column: values per DEK version, plaintext (values that are not
+ * envelopes, SPEC 4.2), envelopes whose header cannot be read, and NULLs. Counted from the
+ * headers in SQL in one scan; nothing is decrypted.
+ */
+import { headerSql, isEnvelopeSql, versionOfHeader } from '../crypto/envelope-sql';
+import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
+import { IntegrityError } from '../errors';
+import type { EncryptedColumn } from './columns';
+import { formatColumnName } from './identifiers';
+
+type ColumnRef = Pick<EncryptedColumn, 'table_schema' | 'table_name' | 'column_name' | 'storage'> & { state?: string };
+
+export interface VersionCensus {
+  values: number;
+  bytes: number;
+}
+
+export interface ColumnCensus {
+  column: string;
+  storage: string;
+  /** The column's state (SPEC 4.2). */
+  state: string;
+  /** DEK version -> envelopes under it and their stored bytes. */
+  versions: Record<string, VersionCensus>;
+  /** Envelopes (values starting like one, whatever their header). */
+  envelopes: number;
+  /** Values starting like an envelope whose header cannot be read (too short, bad base64). */
+  malformed: number;
+  /** Non-NULL values that are not envelopes. */
+  plaintext: number;
+  plaintextBytes: number;
+  nulls: number;
+}
+
+export async function censusColumn(db: Queryable, col: ColumnRef): Promise<ColumnCensus> {
+  const v = quoteIdent(col.column_name);
+  const r = await db.query<{ kind: 'null' | 'envelope' | 'plaintext'; h: Buffer | null; n: string; bytes: string | null }>(
+    `SELECT CASE WHEN ${v} IS NULL THEN 'null' WHEN ${isEnvelopeSql(col.storage, v)} THEN 'envelope' ELSE 'plaintext' END AS kind,
+            CASE WHEN ${isEnvelopeSql(col.storage, v)} THEN ${headerSql(col.storage, v)} END AS h,
+            count(*) AS n, sum(octet_length(${v}))::bigint AS bytes
+       FROM ${qualifiedName(col.table_schema, col.table_name)} GROUP BY 1, 2`,
+  );
+  const out: ColumnCensus = {
+    column: formatColumnName(col),
+    storage: col.storage,
+    state: col.state ?? 'encrypted',
+    versions: {},
+    envelopes: 0,
+    malformed: 0,
+    plaintext: 0,
+    plaintextBytes: 0,
+    nulls: 0,
+  };
+  for (const row of r.rows) {
+    const n = Number(row.n);
+    const bytes = Number(row.bytes ?? 0);
+    if (row.kind === 'null') out.nulls += n;
+    else if (row.kind === 'plaintext') {
+      out.plaintext += n;
+      out.plaintextBytes += bytes;
+    } else {
+      out.envelopes += n;
+      const version = versionOfHeader(row.h);
+      if (version === null) out.malformed += n;
+      else {
+        const c = (out.versions[String(version)] ??= { values: 0, bytes: 0 });
+        c.values += n;
+        c.bytes += bytes;
+      }
+    }
+  }
+  return out;
+}
+
+/** One line per column of an `encrypted` column holding values that are not envelopes (or unreadable ones). */
+export function nonEnvelopeProblems(censuses: ColumnCensus[]): string[] {
+  const out: string[] = [];
+  for (const c of censuses) {
+    if (c.state !== 'encrypted') continue;
+    const parts: string[] = [];
+    if (c.plaintext > 0) parts.push(`${c.plaintext} plaintext value(s)`);
+    if (c.malformed > 0) parts.push(`${c.malformed} malformed envelope(s)`);
+    if (parts.length) out.push(`${c.column}: ${parts.join(' and ')}`);
+  }
+  return out;
+}
+
+/**
+ * The refusal of a command that needs every value of its `encrypted` columns to be an
+ * envelope (rotate): exit 5 naming the columns and counts, before anything is changed.
+ */
+export function nonEnvelopeError(problems: string[], what: string, opts: { reported?: boolean } = {}): IntegrityError {
+  return new IntegrityError(`${what}: encrypted column(s) hold values that are not envelopes: ${problems.join('; ')}; nothing was changed`, undefined, {
+    reported: opts.reported,
+    hint: 'list them with `alation-keys verify COLUMN`; encrypt stray plaintext with `alation-keys encrypt COLUMN`; restore malformed values from a backup (or set them NULL)',
+  });
+}
