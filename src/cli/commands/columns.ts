@@ -66,7 +66,7 @@ export function register(program: Command, run: Runner): void {
       if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
       const n = await countEncryptedValues(ctx.pool, col);
       if (n > 0) {
-        ctx.io.warn(`${formatColumnName(col)} holds ${n} envelope(s); once removed they are no longer rotated or counted`);
+        ctx.io.warn(`${formatColumnName(col)} holds ${n} encrypted value(s); once removed they are no longer rotated or counted`);
         await ctx.io.confirm(`Unregister ${formatColumnName(col)}?`);
       }
       const removed = await removeColumn(ctx.pool, name);
