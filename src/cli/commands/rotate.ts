@@ -1,11 +1,12 @@
 import { Command } from 'commander';
 import { formatBytes } from '../../core/headroom';
-import { ColumnProgress, DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rotate';
+import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rotate';
 import { nonEnvelopeError } from '../../core/census';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rotation/util';
 import { Runner } from '../context';
-import { IOStreams, Progress } from '../io';
+import { IOStreams } from '../io';
+import { ProgressDisplay } from '../progress';
 import { formatCount, renderTable } from '../render';
 
 export function register(program: Command, run: Runner): void {
@@ -34,7 +35,7 @@ export function register(program: Command, run: Runner): void {
       const settleMs = /^\s*0+\s*$/.test(String(opts.settleTime)) ? 0 : parseDuration(opts.settleTime, '--settle-time');
       const signal = ctx.handleInterrupts();
       const pool = createPool({ databaseUrl: ctx.globals.databaseUrl, command: 'rotate', max: 2 * workers + 6 });
-      const display = new ProgressDisplay(ctx.io);
+      const display = new ProgressDisplay(ctx.io, 'rotating');
       try {
         const result = await rotate(
           pool,
@@ -83,58 +84,6 @@ export function register(program: Command, run: Runner): void {
 }
 
 const MB = 1024 * 1024;
-
-function describe(p: ColumnProgress): string {
-  const pct = p.rowsTotal > 0 ? ` ${Math.min(100, Math.floor(((p.rowsDone + p.skipped) / p.rowsTotal) * 100))}%` : '';
-  const eta = p.etaSeconds !== null && p.etaSeconds > 0 ? `, ETA ${formatDuration(p.etaSeconds * 1000)}` : '';
-  const skipped = p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : '';
-  return `${p.column}${p.pass > 1 ? ` (pass ${p.pass})` : ''}:${pct} ${formatCount(p.rowsDone)}/${formatCount(p.rowsTotal)} values, ${(p.bytesDone / MB).toFixed(1)} MB, ${formatCount(Math.round(p.rowsPerSecond))} values/s${eta}${skipped}`;
-}
-
-/** One spinner on a terminal (a line per active column), log lines elsewhere. */
-class ProgressDisplay {
-  private progress: Progress | undefined;
-  private active = new Map<string, ColumnProgress>();
-  constructor(private readonly io: IOStreams) {}
-
-  private bar(): Progress {
-    if (!this.progress) this.progress = this.io.progress('rotating');
-    return this.progress;
-  }
-
-  private render(): void {
-    this.bar().update([...this.active.values()].map(describe).join(this.io.stderrIsTTY ? '\n  ' : ' | '));
-  }
-
-  events() {
-    return {
-      info: (m: string) => (this.progress ? this.progress.log(m) : this.io.info(m)),
-      warn: (m: string) => (this.progress ? this.progress.log(`warning: ${m}`) : this.io.warn(m)),
-      columnStart: (p: ColumnProgress) => {
-        this.active.set(p.column, p);
-        this.bar().log(`${p.column}: pass ${p.pass}, ${formatCount(Math.max(p.rowsTotal - p.rowsDone - p.skipped, 0))} value(s) to go`);
-        this.render();
-      },
-      progress: (p: ColumnProgress) => {
-        this.active.set(p.column, p);
-        this.render();
-      },
-      columnDone: (p: ColumnProgress) => {
-        this.active.delete(p.column);
-        this.bar().log(`${p.column}: done, ${formatCount(p.rowsDone)} value(s), ${(p.bytesDone / MB).toFixed(1)} MB${p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : ''}`);
-        if (this.active.size) this.render();
-      },
-    };
-  }
-
-  stop(): void {
-    this.progress?.stop();
-  }
-
-  fail(): void {
-    this.progress?.stop();
-  }
-}
 
 function versionsLine(v: Record<string, number>): string {
   const e = Object.entries(v);

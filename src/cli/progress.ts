@@ -1,0 +1,63 @@
+/** Progress of a job that streams columns (rotate, verify, encrypt, decrypt) on stderr. */
+import type { ColumnProgress } from '../core/rotate';
+import { IOStreams, Progress } from './io';
+import { formatDuration } from '../core/rotation/util';
+import { formatCount } from './render';
+
+const MB = 1024 * 1024;
+
+function describe(p: ColumnProgress): string {
+  const pct = p.rowsTotal > 0 ? ` ${Math.min(100, Math.floor(((p.rowsDone + p.skipped) / p.rowsTotal) * 100))}%` : '';
+  const eta = p.etaSeconds !== null && p.etaSeconds > 0 ? `, ETA ${formatDuration(p.etaSeconds * 1000)}` : '';
+  const skipped = p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : '';
+  return `${p.column}${p.pass > 1 ? ` (pass ${p.pass})` : ''}:${pct} ${formatCount(p.rowsDone)}/${formatCount(p.rowsTotal)} values, ${(p.bytesDone / MB).toFixed(1)} MB, ${formatCount(Math.round(p.rowsPerSecond))} values/s${eta}${skipped}`;
+}
+
+/** One spinner on a terminal (a line per active column), log lines elsewhere. */
+export class ProgressDisplay {
+  private progress: Progress | undefined;
+  private active = new Map<string, ColumnProgress>();
+  constructor(
+    private readonly io: IOStreams,
+    private readonly label: string,
+  ) {}
+
+  private bar(): Progress {
+    if (!this.progress) this.progress = this.io.progress(this.label);
+    return this.progress;
+  }
+
+  private render(): void {
+    this.bar().update([...this.active.values()].map(describe).join(this.io.stderrIsTTY ? '\n  ' : ' | '));
+  }
+
+  events() {
+    return {
+      info: (m: string) => (this.progress ? this.progress.log(m) : this.io.info(m)),
+      warn: (m: string) => (this.progress ? this.progress.log(`warning: ${m}`) : this.io.warn(m)),
+      columnStart: (p: ColumnProgress) => {
+        this.active.set(p.column, p);
+        this.bar().log(`${p.column}: pass ${p.pass}, ${formatCount(Math.max(p.rowsTotal - p.rowsDone - p.skipped, 0))} value(s) to go`);
+        this.render();
+      },
+      progress: (p: ColumnProgress) => {
+        this.active.set(p.column, p);
+        this.render();
+      },
+      columnDone: (p: ColumnProgress) => {
+        this.active.delete(p.column);
+        this.bar().log(`${p.column}: done, ${formatCount(p.rowsDone)} value(s), ${(p.bytesDone / MB).toFixed(1)} MB${p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : ''}`);
+        if (this.active.size) this.render();
+      },
+    };
+  }
+
+  stop(): void {
+    this.progress?.stop();
+  }
+
+  fail(): void {
+    this.progress?.stop();
+  }
+}
+
