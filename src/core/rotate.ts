@@ -29,7 +29,7 @@ import { KeyProvider } from '../kms/provider';
 import { takeBackup } from './backup';
 import { censusColumn, ColumnCensus, nonEnvelopeError, nonEnvelopeProblems } from './census';
 import { EncryptedColumn, listColumns } from './columns';
-import { formatBytes, Headroom, measureHeadroom } from './headroom';
+import { describeFreeSpace, formatBytes, Headroom, measureHeadroom } from './headroom';
 import { createJob, describeLockHolder, finishJob, getJob, JobRecord, lastSucceededJob, listJobs, markOrphanedJobs, reopenJob } from './jobs';
 import { addPrimaryDataKey, KeyringRow, primaryOf, readKeyring, rewrapKeyring, unwrapKeyring } from './keyring';
 import { readSettings } from './settings';
@@ -71,6 +71,8 @@ export interface RotateOptions {
   backup?: boolean;
   backupDir?: string;
   dataDir?: string;
+  /** The operator's figure of free bytes on the server's volume (--free-space), for a server this host cannot see. */
+  freeSpaceBytes?: number;
   skipDiskCheck?: boolean;
   serverIsLocal?: boolean;
   settleMs?: number;
@@ -164,11 +166,12 @@ async function findResumable(pool: Pool, primary: KeyringRow): Promise<JobRecord
 }
 
 async function checkHeadroom(pool: Pool, opts: RotateOptions, events: Events): Promise<Headroom> {
-  const h = await measureHeadroom(pool, { dataDir: opts.dataDir, serverIsLocal: opts.serverIsLocal });
+  const h = await measureHeadroom(pool, opts);
   // TEST ONLY: ALATION_KEYS_TEST_FREE_BYTES overrides the free space seen, to exercise the check.
   const fake = process.env.ALATION_KEYS_TEST_FREE_BYTES;
   if (fake !== undefined && fake !== '') {
     h.freeBytes = Number(fake);
+    h.freeBytesSource = 'data-directory';
     h.ok = h.freeBytes >= h.requiredBytes;
     h.reason = undefined;
   }
@@ -178,12 +181,12 @@ async function checkHeadroom(pool: Pool, opts: RotateOptions, events: Events): P
   }
   if (h.ok === null) {
     throw new PreconditionError(`disk headroom is unknown: ${h.reason}; a rotation needs ${formatBytes(h.requiredBytes)} free (1.5 × the database, ${formatBytes(h.databaseBytes)})`, {
-      hint: "pass --data-dir with the server's data directory as mounted here, or --skip-disk-check if you know there is room",
+      hint: "pass --free-space BYTES with the free space on the server's volume, or --data-dir with the server's data directory as mounted here",
     });
   }
   if (!h.ok) {
     throw new PreconditionError(
-      `not enough disk headroom: ${formatBytes(h.freeBytes)} free on ${h.dataDirectory}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × the database, ${formatBytes(h.databaseBytes)})`,
+      `not enough disk headroom: ${describeFreeSpace(h)}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × the database, ${formatBytes(h.databaseBytes)})`,
       { hint: 'free some space on the database volume, or pass --skip-disk-check to override knowingly' },
     );
   }
@@ -193,7 +196,7 @@ async function checkHeadroom(pool: Pool, opts: RotateOptions, events: Events): P
 function describeHeadroom(h: Headroom): string {
   return h.freeBytes === null
     ? `unknown (${h.reason}), needs ${formatBytes(h.requiredBytes)}`
-    : `${formatBytes(h.freeBytes)} free on ${h.dataDirectory}, needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)})`;
+    : `${describeFreeSpace(h)}, needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)})`;
 }
 
 async function checkBackup(pool: Pool, maxAgeMs: number): Promise<JobRecord> {
@@ -606,7 +609,7 @@ async function dryRun(pool: Pool, opts: RotateOptions, rows: KeyringRow[], prima
     headroom = await checkHeadroom(pool, { ...opts, skipDiskCheck: false }, {});
   } catch (err) {
     preflight.push((err as Error).message);
-    headroom = await measureHeadroom(pool, { dataDir: opts.dataDir, serverIsLocal: opts.serverIsLocal });
+    headroom = await measureHeadroom(pool, opts);
   }
   const b = await lastSucceededJob(pool, 'backup');
   if (!resumable && !opts.skipBackupCheck && !opts.backup) {

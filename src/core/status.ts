@@ -4,7 +4,7 @@ import { requireInitialised } from '../db/migrations';
 import { createKeyProvider, ProviderOptions } from '../kms';
 import { censusColumn, ColumnCensus } from './census';
 import { EncryptedColumn, listColumns } from './columns';
-import { Headroom, measureHeadroom } from './headroom';
+import { Headroom, HeadroomOptions, measureHeadroom } from './headroom';
 import { JobRecord, lastSucceededJob, listJobs, markOrphanedJobs } from './jobs';
 import { KeyringRow, readKeyring } from './keyring';
 import { readSettings, Settings } from './settings';
@@ -62,7 +62,7 @@ const DAY = 86_400_000;
 
 export async function collectStatus(
   pool: Pool,
-  opts: ProviderOptions & { dataDir?: string; serverIsLocal?: boolean; checkProvider?: boolean; now?: Date } = {},
+  opts: ProviderOptions & HeadroomOptions & { checkProvider?: boolean; now?: Date } = {},
 ): Promise<StatusReport> {
   await requireInitialised(pool);
   const now = opts.now ?? new Date();
@@ -126,7 +126,7 @@ export async function collectStatus(
     attention.push('no successful backup is recorded; run `alation-keys backup`');
   }
 
-  const headroom = await measureHeadroom(pool, { dataDir: opts.dataDir, serverIsLocal: opts.serverIsLocal });
+  const headroom = await measureHeadroom(pool, opts);
   if (headroom.ok === false) attention.push('not enough free disk for a rotation (needs 1.5 × the database size)');
 
   const jobs = await listJobs(pool, { limit: 10 });

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { formatBytes } from '../../core/headroom';
+import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
 import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rotate';
 import { nonEnvelopeError } from '../../core/census';
 import { createPool } from '../../db/connection';
@@ -23,6 +23,7 @@ export function register(program: Command, run: Runner): void {
     .option('--backup', 'take a backup first (under the same lock)')
     .option('--backup-dir <dir>', 'where --backup writes (else $ALATION_KEYS_BACKUP_DIR, else /var/backups/alation-keys)')
     .option('--data-dir <path>', "the server's data directory as mounted on this host, for the disk headroom check")
+    .option('--free-space <bytes>', "free space on the server's volume (e.g. 120GB), for a server whose data directory this host cannot see")
     .option('--skip-disk-check', 'rotate without the disk headroom check (free ≥ 1.5 × database size)')
     .option('--settle-time <duration>', 'wait at least this long after the new key is published before the final count (application instances re-read the keyring every 30 s)', '35s');
   cmd.action(
@@ -33,6 +34,7 @@ export function register(program: Command, run: Runner): void {
       const maxBackupAgeMs = parseDuration(opts.maxBackupAge, '--max-backup-age');
       const ifOlderThanMs = opts.ifOlderThan !== undefined ? parseDuration(opts.ifOlderThan, '--if-older-than') : undefined;
       const settleMs = /^\s*0+\s*$/.test(String(opts.settleTime)) ? 0 : parseDuration(opts.settleTime, '--settle-time');
+      const freeSpaceBytes = opts.freeSpace !== undefined ? parseByteSize(opts.freeSpace, '--free-space') : undefined;
       const signal = ctx.handleInterrupts();
       const pool = createPool({ databaseUrl: ctx.globals.databaseUrl, command: 'rotate', max: 2 * workers + 6 });
       const display = new ProgressDisplay(ctx.io, 'rotating');
@@ -50,6 +52,7 @@ export function register(program: Command, run: Runner): void {
             backup: !!opts.backup,
             backupDir: opts.backupDir,
             dataDir: opts.dataDir,
+            freeSpaceBytes,
             skipDiskCheck: !!opts.skipDiskCheck,
             serverIsLocal: ctx.serverIsLocal,
             settleMs,
@@ -137,7 +140,7 @@ function renderPlan(io: IOStreams, p: RotatePlan): string {
   );
   const h = p.headroom;
   out.push(
-    `disk: needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}), free ${h.freeBytes === null ? `unknown (${h.reason})` : formatBytes(h.freeBytes)}`,
+    `disk: needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}), ${h.freeBytes === null ? `free unknown (${h.reason})` : describeFreeSpace(h)}`,
   );
   out.push(p.backup ? `last backup: job ${p.backup.jobId}, ${p.backup.ageHours}h ago` : 'last backup: none recorded');
   out.push(

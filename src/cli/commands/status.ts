@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { collectStatus, ColumnVersionCounts, StatusReport } from '../../core/status';
-import { formatBytes } from '../../core/headroom';
+import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
 import { PreconditionError } from '../../errors';
 import { IOStreams } from '../io';
 import { Runner } from '../context';
@@ -12,12 +12,14 @@ export function register(program: Command, run: Runner): void {
     .description('provider, keys with values per version, last backup, disk headroom, recent jobs')
     .option('--check', 'exit 3 when something needs attention (for monitoring)')
     .option('--data-dir <path>', "the server's data directory as mounted on this host, for the headroom check")
+    .option('--free-space <bytes>', "free space on the server's volume (e.g. 120GB), for a server whose data directory this host cannot see")
     .option('--no-provider-check', 'do not contact the key provider');
   cmd.action(
     run('status', cmd, async (ctx, _args, opts) => {
       const report = await collectStatus(ctx.pool, {
         ...ctx.providerOptions,
         dataDir: opts.dataDir,
+        freeSpaceBytes: opts.freeSpace !== undefined ? parseByteSize(opts.freeSpace, '--free-space') : undefined,
         serverIsLocal: ctx.serverIsLocal,
         checkProvider: opts.providerCheck !== false,
       });
@@ -71,7 +73,7 @@ export function renderStatus(io: IOStreams, r: StatusReport): string {
   out.push(
     h.freeBytes === null
       ? `disk headroom: unknown (${h.reason}); a rotation needs ${formatBytes(h.requiredBytes)}`
-      : `disk headroom: ${formatBytes(h.freeBytes)} free on ${h.dataDirectory}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}) ${h.ok ? io.ok('ok') : io.bad('NOT ENOUGH')}`,
+      : `disk headroom: ${describeFreeSpace(h)}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}) ${h.ok ? io.ok('ok') : io.bad('NOT ENOUGH')}`,
   );
   if (r.recentJobs.length) {
     out.push('');
