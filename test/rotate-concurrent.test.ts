@@ -8,7 +8,7 @@ import { createInstallation, Installation } from './support/fixtures';
 import { openKeyring, Keyring } from '../src/core/keyring-client';
 import { BLOBS, CREDENTIALS, DOCUMENTS, RosemetaColumn, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { keyringRows } from './support/rotate-helpers';
-import { sleep } from '../src/core/rotation/util';
+import { sleep } from '../src/core/rewrite/util';
 import { spawnCli } from './support/cli';
 
 let inst: Installation;

@@ -3,9 +3,9 @@
  * every split of the stream, NULLs, empty fields, and malformed input.
  */
 import { parseCopy } from './support/copy';
-import { CopyRow, COPY_SIGNATURE, encodeCopyBinary } from '../src/core/rotation/copy-binary';
-import { headerLiteral, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rotation/plan';
-import { parseDuration } from '../src/core/rotation/util';
+import { CopyRow, COPY_SIGNATURE, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
+import { headerLiteral, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rewrite/plan';
+import { parseDuration } from '../src/core/rewrite/util';
 
 const parse = parseCopy;
 

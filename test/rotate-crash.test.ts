@@ -7,7 +7,7 @@ import { createInstallation, Installation } from './support/fixtures';
 import { runCliJson } from './support/cli';
 import { verifyRosemeta } from '../scripts/lib/rosemeta';
 import { FAST, keyringRows, rotateJobs, spawnUntil } from './support/rotate-helpers';
-import { sleep } from '../src/core/rotation/util';
+import { sleep } from '../src/core/rewrite/util';
 
 let inst: Installation;
 

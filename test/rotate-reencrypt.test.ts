@@ -6,10 +6,10 @@
 import { randomBytes } from 'node:crypto';
 import { envelopeFromText, envelopeFromTextBytes as textEnvelope, envelopeToText, openEnvelope, sealEnvelope } from '../src/crypto/envelope';
 import { IntegrityError } from '../src/errors';
-import { CopyPayloadBuilder, CopyRow, encodeCopyBinary } from '../src/core/rotation/copy-binary';
+import { CopyPayloadBuilder, CopyRow, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
 import { parseCopy } from './support/copy';
-import { ColumnPlan } from '../src/core/rotation/plan';
-import { ChunkEncoder, EncodedChunk } from '../src/core/rotation/reencrypt';
+import { ColumnPlan } from '../src/core/rewrite/plan';
+import { ChunkEncoder, EncodedChunk } from '../src/core/rewrite/reencrypt';
 
 /** Small deterministic PRNG (mulberry32) so a failure replays. */
 function prng(seed: number): () => number {

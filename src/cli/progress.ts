@@ -1,7 +1,7 @@
 /** Progress of a job that streams columns (rotate, verify, encrypt, decrypt) on stderr. */
-import type { ColumnProgress } from '../core/rotate';
+import type { ColumnProgress } from '../core/rewrite/rotate';
 import { IOStreams, Progress } from './io';
-import { formatDuration } from '../core/rotation/util';
+import { formatDuration } from '../core/rewrite/util';
 import { formatCount } from './render';
 
 const MB = 1024 * 1024;

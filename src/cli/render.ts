@@ -1,6 +1,6 @@
 import Table from 'cli-table3';
 import { IOStreams } from './io';
-import { formatDuration } from '../core/rotation/util';
+import { formatDuration } from '../core/rewrite/util';
 
 export function renderTable(io: IOStreams, head: string[], rows: Array<Array<string | number | null | undefined>>): string {
   const table = new Table({

@@ -1,6 +1,6 @@
 /** Parses a binary COPY payload given in pieces (any split) with the rotation's parser. */
 import { Readable } from 'node:stream';
-import { CopyBinaryParser, CopyRow } from '../../src/core/rotation/copy-binary';
+import { CopyBinaryParser, CopyRow } from '../../src/core/rewrite/copy-binary';
 
 export async function parseCopy(pieces: Buffer[]): Promise<CopyRow[]> {
   const parser = new CopyBinaryParser();

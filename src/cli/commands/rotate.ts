@@ -1,9 +1,9 @@
 import { Command } from 'commander';
 import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
-import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rotate';
+import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rewrite/rotate';
 import { nonEnvelopeError } from '../../core/census';
 import { createPool } from '../../db/connection';
-import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rotation/util';
+import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rewrite/util';
 import { Runner } from '../context';
 import { IOStreams } from '../io';
 import { ProgressDisplay } from '../progress';

@@ -9,7 +9,7 @@
  *  2. Key first: local provider: a new master key is appended to the master key file, then
  *     in ONE transaction every DEK is re-wrapped under it, DEK N+1 becomes primary (the old
  *     primary active) and the job row is created. aws-kms: a new DEK from KMS, same transaction.
- *  3. Data: each column streamed in key order (src/core/rotation/pipeline.ts), chunk writes
+ *  3. Data: each column streamed in key order (src/core/rewrite/pipeline.ts), chunk writes
  *     and checkpoints in one transaction, `--workers` columns at a time, VACUUM along the way.
  *  4. Converge, then retire: re-count values not under N+1 and repeat passes until none
  *     remain (stale application instances); mark old DEKs without values `retired`.
@@ -19,21 +19,21 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Pool } from 'pg';
 import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
-import { acquireAdvisoryLock, advisoryLockHolder, HeldLock, MAINTENANCE_LOCK, withTransaction } from '../db/transaction';
-import { requireInitialised } from '../db/migrations';
-import { IntegrityError, InterruptedError, OperationError, PreconditionError, ProviderError } from '../errors';
-import { createKeyProvider, ProviderOptions } from '../kms';
-import { LocalKeyProvider } from '../kms/local';
-import { newMasterKey, writeMasterKeyFile } from '../kms/master-key-file';
-import { KeyProvider } from '../kms/provider';
-import { takeBackup } from './backup';
-import { censusColumn, ColumnCensus, nonEnvelopeError, nonEnvelopeProblems } from './census';
-import { EncryptedColumn, listColumns } from './columns';
-import { describeFreeSpace, formatBytes, Headroom, measureHeadroom } from './headroom';
-import { createJob, describeLockHolder, finishJob, getJob, JobRecord, lastSucceededJob, listJobs, markOrphanedJobs, reopenJob } from './jobs';
-import { addPrimaryDataKey, KeyringRow, primaryOf, readKeyring, rewrapKeyring, unwrapKeyring } from './keyring';
-import { readSettings } from './settings';
-import { CopyBinaryParser, CopyRow } from './rotation/copy-binary';
+import { acquireAdvisoryLock, advisoryLockHolder, HeldLock, MAINTENANCE_LOCK, withTransaction } from '../../db/transaction';
+import { requireInitialised } from '../../db/migrations';
+import { IntegrityError, InterruptedError, OperationError, PreconditionError, ProviderError } from '../../errors';
+import { createKeyProvider, ProviderOptions } from '../../kms';
+import { LocalKeyProvider } from '../../kms/local';
+import { newMasterKey, writeMasterKeyFile } from '../../kms/master-key-file';
+import { KeyProvider } from '../../kms/provider';
+import { takeBackup } from '../backup';
+import { censusColumn, ColumnCensus, nonEnvelopeError, nonEnvelopeProblems } from '../census';
+import { EncryptedColumn, listColumns } from '../columns';
+import { describeFreeSpace, formatBytes, Headroom, measureHeadroom } from '../headroom';
+import { createJob, describeLockHolder, finishJob, getJob, JobRecord, lastSucceededJob, listJobs, markOrphanedJobs, reopenJob } from '../jobs';
+import { addPrimaryDataKey, KeyringRow, primaryOf, readKeyring, rewrapKeyring, unwrapKeyring } from '../keyring';
+import { readSettings } from '../settings';
+import { CopyBinaryParser, CopyRow } from './copy-binary';
 import {
   ColumnPlan,
   countValues,
@@ -44,12 +44,12 @@ import {
   readPageSql,
   tableBytes,
   VersionCount,
-} from './rotation/plan';
-import { ChunkEncoder } from './rotation/reencrypt';
-import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, tablesWithoutVacuumRight, Vacuumer } from './rotation/pipeline';
-import { formatDuration, sleep, testPause } from './rotation/util';
+} from './plan';
+import { ChunkEncoder } from './reencrypt';
+import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, tablesWithoutVacuumRight, Vacuumer } from './pipeline';
+import { formatDuration, sleep, testPause } from './util';
 
-export type { RotateEvents, ColumnProgress } from './rotation/pipeline';
+export type { RotateEvents, ColumnProgress } from './pipeline';
 
 export const DEFAULT_BATCH_SIZE = 1000;
 /** Chunks are bounded by bytes too, so large values never make one statement huge. */
