@@ -9,7 +9,7 @@ import { IntegrityError } from '../src/errors';
 import { CopyPayloadBuilder, CopyRow, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
 import { parseCopy } from './support/copy';
 import { ColumnPlan } from '../src/core/rewrite/plan';
-import { ChunkEncoder, EncodedChunk } from '../src/core/rewrite/reencrypt';
+import { ChunkEncoder, EncodedChunk } from '../src/core/rewrite/chunk-encoder';
 
 /** Small deterministic PRNG (mulberry32) so a failure replays. */
 function prng(seed: number): () => number {

@@ -7,7 +7,7 @@ import { Client } from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
 import { CopyBinaryParser, CopyRow } from './copy-binary';
 import { readPageSql } from './plan';
-import { ChunkEncoder, EncodedChunk, ReaderJob } from './reencrypt';
+import { ChunkEncoder, EncodedChunk, ReaderJob } from './chunk-encoder';
 
 export async function* readChunks(client: Client, job: ReaderJob): AsyncGenerator<EncodedChunk> {
   const pageRows = Math.max(job.batchSize * 4, 1000);

@@ -12,7 +12,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Client, ClientConfig } from 'pg';
 import { readChunks } from './chunk-reader';
-import { ReaderJob } from './reencrypt';
+import { ReaderJob } from './chunk-encoder';
 import { serialiseWorkerError } from './worker-messages';
 
 export const CHUNK_CREDIT = 2;

@@ -9,7 +9,7 @@
  *  2. Key first: local provider: a new master key is appended to the master key file, then
  *     in ONE transaction every DEK is re-wrapped under it, DEK N+1 becomes primary (the old
  *     primary active) and the job row is created. aws-kms: a new DEK from KMS, same transaction.
- *  3. Data: each column streamed in key order (src/core/rewrite/pipeline.ts), chunk writes
+ *  3. Data: each column streamed in key order (src/core/rewrite/engine.ts), chunk writes
  *     and checkpoints in one transaction, `--workers` columns at a time, VACUUM along the way.
  *  4. Converge, then retire: re-count values not under N+1 and repeat passes until none
  *     remain (stale application instances); mark old DEKs without values `retired`.
@@ -45,11 +45,11 @@ import {
   tableBytes,
   VersionCount,
 } from './plan';
-import { ChunkEncoder } from './reencrypt';
-import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, tablesWithoutVacuumRight, Vacuumer } from './pipeline';
+import { ChunkEncoder } from './chunk-encoder';
+import { ColumnState, PassContext, RateLimiter, rotateColumnPass, RotateEvents, saveColumnState, tablesWithoutVacuumRight, Vacuumer } from './engine';
 import { formatDuration, sleep, testPause } from './util';
 
-export type { RotateEvents, ColumnProgress } from './pipeline';
+export type { RotateEvents, ColumnProgress } from './engine';
 
 export const DEFAULT_BATCH_SIZE = 1000;
 /** Chunks are bounded by bytes too, so large values never make one statement huge. */

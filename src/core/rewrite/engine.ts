@@ -20,7 +20,7 @@ import { Pool, PoolClient } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { connectionConfigOf } from '../../db/connection';
 import { ColumnPlan, copyIntoStageSql, createStageSql, stageStorageSql, updateFromStageSql } from './plan';
-import { describeKey, EncodedChunk, ReaderJob } from './reencrypt';
+import { describeKey, EncodedChunk, ReaderJob } from './chunk-encoder';
 import { sleep, testPause } from './util';
 import { reviveWorkerError, serialiseWorkerError, WorkerErrorData } from './worker-messages';
 
