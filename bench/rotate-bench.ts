@@ -33,7 +33,7 @@ import { addColumn } from '../src/core/columns';
 import { initialise } from '../src/core/init';
 import { openKeyring } from '../src/core/keyring-client';
 import { CopyBinaryParser, CopyRow, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
-import { Vacuumer } from '../src/core/rewrite/engine';
+import { Vacuumer } from '../src/core/rewrite/vacuum';
 import { createRosemetaTables, generateRosemeta, ROSEMETA_COLUMNS, RosemetaShape, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { recreateDatabase, startEmbeddedPostgres, EmbeddedServer } from '../scripts/lib/embedded-postgres';
 

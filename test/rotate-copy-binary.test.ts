@@ -4,7 +4,7 @@
  */
 import { parseCopy } from './support/copy';
 import { CopyRow, COPY_SIGNATURE, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
-import { headerLiteral, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rewrite/plan';
+import { headerLiteral, notUnderSql, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rewrite/plan';
 import { parseDuration } from '../src/core/rewrite/util';
 
 const parse = parseCopy;
@@ -48,11 +48,11 @@ test('SQL: watermark literals are escaped, keys cast to their types, header lite
     index: 0,
   };
   const esc = (s: string) => `'${s.replace(/'/g, "''")}'`;
-  const sql = readPageSql(plan, 7, ["O'Brien", '12'], 4000, esc);
+  const sql = readPageSql(plan, ["O'Brien", '12'], 4000, esc, notUnderSql(plan, 7, 't'));
   expect(sql).toContain(`(t."tenant", t."n") > ('O''Brien'::text, '12'::integer)`);
   expect(sql).toContain('ORDER BY t."tenant", t."n" LIMIT 4000');
   expect(sql).toContain(`IS DISTINCT FROM '\\x414b0100000007'::bytea`);
-  expect(readPageSql(plan, 7, null, 10, esc, false)).not.toContain('IS DISTINCT FROM');
+  expect(readPageSql(plan, null, 10, esc)).not.toContain('IS DISTINCT FROM');
   const upd = updateFromStageSql(plan);
   expect(upd).toContain(`t."tenant" = s.k0::text AND t."n" = s.k1::integer`);
   expect(upd).toContain(`substring(t."Secret" FROM 1 FOR 19) = s.old_prefix`);

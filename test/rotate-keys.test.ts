@@ -7,7 +7,7 @@ import { addColumn, removeColumn } from '../src/core/columns';
 import { createInstallation, Installation } from './support/fixtures';
 import { runCliJson } from './support/cli';
 import { FAST, spawnUntil } from './support/rotate-helpers';
-import { tablesWithoutVacuumRight, Vacuumer } from '../src/core/rewrite/engine';
+import { tablesWithoutVacuumRight, Vacuumer } from '../src/core/rewrite/vacuum';
 import { randomBytes } from 'node:crypto';
 
 let inst: Installation;

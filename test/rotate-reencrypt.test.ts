@@ -130,7 +130,14 @@ describe('ChunkEncoder', () => {
     return storage === 'text' ? Buffer.from(envelopeToText(env), 'latin1') : env;
   };
   const encoder = (storage: 'bytea' | 'text', batchSize = 3) =>
-    new ChunkEncoder({ plan: plan(storage), toVersion: 2, newDek: Buffer.from(v2), deks: [[1, Buffer.from(v1)]], batchSize, chunkBytes: 1 << 20, watermark: null, filter: false });
+    new ChunkEncoder({
+      plan: plan(storage),
+      transform: { kind: 'rotate', toVersion: 2, newDek: Buffer.from(v2), deks: [[1, Buffer.from(v1)]] },
+      batchSize,
+      chunkBytes: 1 << 20,
+      watermark: null,
+      pendingOnly: false,
+    });
 
   for (const storage of ['bytea', 'text'] as const) {
     test(`${storage}: values under v1 are re-encrypted under v2 with the prefix read; v2 values skipped but counted`, async () => {

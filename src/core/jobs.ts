@@ -64,6 +64,20 @@ export async function reopenJob(db: Queryable, id: number): Promise<void> {
   await db.query(`UPDATE alation_keys.jobs SET state = 'running', finished_at = NULL, error = NULL, updated_at = now() WHERE id = $1`, [id]);
 }
 
+/**
+ * Checkpoints one column of a rewrite job: merges `state` into detail.columns[column] and adds
+ * the rows and bytes just written to the job's totals (in the caller's transaction, if any).
+ */
+export async function recordColumnCheckpoint(db: Queryable, jobId: number, column: string, state: object, rows = 0, bytes = 0): Promise<void> {
+  await db.query(
+    `UPDATE alation_keys.jobs
+        SET rows_done = rows_done + $2, bytes_done = bytes_done + $3, updated_at = now(),
+            detail = jsonb_set(detail, ARRAY['columns', $4::text], coalesce(detail->'columns'->$4::text, '{}'::jsonb) || $5::jsonb)
+      WHERE id = $1`,
+    [jobId, rows, bytes, column, JSON.stringify(state)],
+  );
+}
+
 export async function getJob(db: Queryable, id: number): Promise<JobRecord | undefined> {
   const r = await db.query<JobRecord>(`SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE id = $1`, [id]);
   return r.rows[0];

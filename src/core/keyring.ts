@@ -98,3 +98,13 @@ export async function rewrapKeyring(db: Queryable, from: KeyProvider, to: KeyPro
 export async function addPrimaryDataKeyInTransaction(pool: Pool, provider: KeyProvider) {
   return withTransaction(pool, (client) => addPrimaryDataKey(client, provider));
 }
+
+/** Marks active data keys no value uses (versions not in `inUse`) retired; returns their versions. Never destroys. */
+export async function retireUnusedDataKeys(db: Queryable, inUse: number[]): Promise<number[]> {
+  const r = await db.query<{ version: number }>(
+    `UPDATE alation_keys.keyring SET state = 'retired', retired_at = now()
+      WHERE state = 'active' AND NOT (version = ANY($1::int[])) RETURNING version`,
+    [inUse],
+  );
+  return r.rows.map((x) => x.version).sort((a, b) => a - b);
+}

@@ -1,20 +1,22 @@
 /**
  * Reads one column's values after a watermark in key-ordered pages of binary COPY (short
- * snapshots, so vacuum keeps up) and turns them into re-encrypted chunks. Pulled with
+ * snapshots, so vacuum keeps up) and turns them into rewritten chunks. Pulled with
  * backpressure: while a chunk waits to be taken, the COPY stream is paused.
  */
-import { Client } from 'pg';
+import { ClientBase } from 'pg';
 import { to as copyTo } from 'pg-copy-streams';
+import { ChunkEncoder, EncodedChunk } from './chunk-encoder';
 import { CopyBinaryParser, CopyRow } from './copy-binary';
+import { PassDescription } from './pass';
 import { readPageSql } from './plan';
-import { ChunkEncoder, EncodedChunk, ReaderJob } from './chunk-encoder';
+import { pendingSql } from './transform';
 
-export async function* readChunks(client: Client, job: ReaderJob): AsyncGenerator<EncodedChunk> {
-  const pageRows = Math.max(job.batchSize * 4, 1000);
-  const encoder = new ChunkEncoder(job);
+export async function* readChunks(client: ClientBase, pass: PassDescription, encoder = new ChunkEncoder(pass)): AsyncGenerator<EncodedChunk> {
+  const pageRows = pass.limitRows ?? Math.max(pass.batchSize * 4, 1000);
+  const pending = pass.pendingOnly ? pendingSql(pass.transform, pass.plan, 't') : null;
   try {
     for (;;) {
-      const sql = readPageSql(job.plan, job.toVersion, encoder.watermark, pageRows, (s) => client.escapeLiteral(s), job.filter);
+      const sql = readPageSql(pass.plan, encoder.watermark, pageRows, (s) => client.escapeLiteral(s), pending);
       const src = client.query(copyTo(sql));
       const parser = new CopyBinaryParser();
       src.on('error', (err) => parser.destroy(err));
@@ -25,7 +27,7 @@ export async function* readChunks(client: Client, job: ReaderJob): AsyncGenerato
         const chunk = encoder.add(fields);
         if (chunk) yield chunk;
       }
-      if (n < pageRows) break;
+      if (n < pageRows || pass.limitRows !== undefined) break;
     }
     const last = encoder.take();
     if (last) yield last;

@@ -88,30 +88,32 @@ export function keyParams(p: ColumnPlan, first: number): string {
 
 /**
  * The COPY that reads one page: keys as text, the row version's xmin, then the value, in key
- * order, after the watermark. With `filter`, only values not already under `toVersion` (the
- * header is read in SQL: for TOASTed values an extra slice fetch per row, so the first pass
- * leaves this to the client, which skips values already under the new key itself).
+ * order, after the watermark; with `pending` (a predicate on alias t), only the rows it holds for.
  *
  * COPY cannot take bind parameters ($1), so the watermark is inlined as escaped literals
  * (client.escapeLiteral) cast to the key types, and identifiers are quoted with quoteIdent.
  */
 export function readPageSql(
   p: ColumnPlan,
-  toVersion: number,
   watermark: string[] | null,
   limit: number,
   escapeLiteral: (s: string) => string,
-  filter = true,
+  pending: string | null = null,
 ): string {
   // Output columns are renamed (k0, k1, …) so that ORDER BY t.key sorts by the key's own
   // type, not by its text form.
   const keys = p.keyColumns.map((k, i) => `t.${quoteIdent(k)}::text AS k${i}`).join(', ');
   const v = 't.' + quoteIdent(p.col.column_name);
   const where = [`${v} IS NOT NULL`];
-  if (filter) where.push(notUnderSql(p, toVersion, 't'));
+  if (pending) where.push(pending);
   if (watermark) where.unshift(`${keyTuple(p, 't')} > ${keyLiteral(p, watermark, escapeLiteral)}`);
   const order = p.keyColumns.map((k) => 't.' + quoteIdent(k)).join(', ');
   return `COPY (SELECT ${keys}, t.xmin::text AS row_xmin, ${v} AS value FROM ${p.table} AS t WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
+}
+
+/** `id=42` or `tenant=a, n=7`: a row's walk key as messages show it. */
+export function describeKey(p: ColumnPlan, keys: string[]): string {
+  return p.keyColumns.map((k, i) => `${k}=${keys[i]}`).join(', ');
 }
 
 export function stageTableName(p: ColumnPlan): string {
@@ -190,13 +192,6 @@ export async function countVersions(db: Queryable, p: ColumnPlan): Promise<Versi
     by.set(version, c);
   }
   return [...by.values()].sort((a, b) => (a.version ?? -1) - (b.version ?? -1));
-}
-
-/** Number of non-NULL values not under `version`. */
-export async function countNotUnder(db: Queryable, p: ColumnPlan, version: number): Promise<number> {
-  const v = quoteIdent(p.col.column_name);
-  const r = await db.query<{ n: string }>(`SELECT count(*) AS n FROM ${p.table} WHERE ${v} IS NOT NULL AND ${notUnderSql(p, version)}`);
-  return Number(r.rows[0].n);
 }
 
 export async function tableBytes(db: Queryable, p: ColumnPlan): Promise<number> {

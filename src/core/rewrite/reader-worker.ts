@@ -1,6 +1,6 @@
 /**
- * Worker-thread entry of a rotation pass: owns the reader connection, reads pages with binary
- * COPY, re-encrypts and encodes the staging rows, and posts finished chunks to the main
+ * Worker-thread entry of a rewrite pass: owns the reader connection, reads pages with binary
+ * COPY, applies the pass's transform and encodes the staging rows, and posts finished chunks to the main
  * thread, which only writes them. At most CHUNK_CREDIT chunks wait unacknowledged, so the
  * reader runs a little ahead of the writer and memory stays bounded.
  *
@@ -12,14 +12,14 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { Client, ClientConfig } from 'pg';
 import { readChunks } from './chunk-reader';
-import { ReaderJob } from './chunk-encoder';
+import { PassDescription } from './pass';
 import { serialiseWorkerError } from './worker-messages';
 
 export const CHUNK_CREDIT = 2;
 
 async function main(): Promise<void> {
   const port = parentPort!;
-  const { config, job } = workerData as { config: ClientConfig; job: ReaderJob };
+  const { config, pass } = workerData as { config: ClientConfig; pass: PassDescription };
   let credit = CHUNK_CREDIT;
   let wake: (() => void) | null = null;
   port.on('message', (m) => {
@@ -36,7 +36,7 @@ async function main(): Promise<void> {
   client.on('error', () => undefined);
   await client.connect();
   try {
-    for await (const chunk of readChunks(client, job)) {
+    for await (const chunk of readChunks(client, pass)) {
       while (credit === 0) await new Promise<void>((resolve) => (wake = resolve));
       credit--;
       const pieces = chunk.pieces.map((b) => ({ buffer: b.buffer as ArrayBuffer, offset: b.byteOffset, length: b.length }));
