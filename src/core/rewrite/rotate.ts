@@ -29,7 +29,7 @@ import { listColumns } from '../columns';
 import { createJob, describeLockHolder, finishJob, getJob, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
 import { addPrimaryDataKey, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
 import { ColumnState, initialState, nextPass, savedState, saveState, valuesBefore } from './checkpoint';
-import { converge } from './convergence';
+import { converge, Convergence } from './convergence';
 import { dryRun, RotatePlan } from './dry-run';
 import { RewriteContext, rewriteColumns, RewriteEvents } from './engine';
 import { ColumnPlan, countValues, countVersions, tableBytes, VersionCount } from './plan';
@@ -365,52 +365,20 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       stop: stopper.signal,
       interrupted: () => interrupted(job.id),
       events,
-      wording: {
-        settling: (s) => `every value is under v${toVersion}; waiting ${s}s for application instances to load it before the last count`,
-        nextPass: (n, total, perColumn) =>
-          `pass ${n}: ${total} value(s) still under older keys (${perColumn}), written by instances that had not loaded v${toVersion} yet`,
-        stuck: (total, rounds) =>
-          new OperationError(`${total} value(s) are still being written under older data keys after ${rounds} extra passes; job ${job.id} stays resumable`, {
-            hint: `restart application instances that still encrypt with an old key (they should load v${toVersion} within 30 s), then run \`alation-keys rotate\` again`,
-          }),
-      },
+      wording: rotationWording(job.id, toVersion),
     });
 
     // Retire: old DEKs no value uses any more (kept for old backups, never destroyed here).
     const retired = await retireUnusedDataKeys(pool, Object.keys(valuesAfter).filter((k) => k !== 'invalid').map(Number));
-    const final = (await getJob(pool, job.id))!;
-    const durationSeconds = (Date.now() - started) / 1000;
-    const columns: ColumnSummary[] = plans.map((p) => {
-      const s = states.get(p.name)!;
-      return { column: p.name, storage: p.col.storage, rows: s.rowsDone, bytes: s.bytesDone, skippedConcurrent: s.skipped, passes: s.pass };
-    });
-    const rowsThisRun = columns.reduce((a, c) => a + c.rows, 0) - rowsAtStart;
-    const bytesThisRun = columns.reduce((a, c) => a + c.bytes, 0) - bytesAtStart;
-    const summary: RotateSummary = {
-      ok: true,
-      result: 'rotated',
-      jobId: job.id,
-      resumed: r.resumed,
-      fromVersion: job.from_version,
-      toVersion,
-      kekId: r.kekId,
-      retiredVersions: retired,
-      valuesBefore: valuesBefore(plans.map((p) => states.get(p.name)!)),
+    const summary = summarise(r, (await getJob(pool, job.id))!, states, {
+      started,
+      rowsAtStart,
+      bytesAtStart,
+      retired,
       valuesAfter,
-      columns,
-      rows: final.rows_done,
-      bytes: final.bytes_done,
-      skippedConcurrent: columns.reduce((a, c) => a + c.skippedConcurrent, 0),
       passes,
       vacuums: vacuumer.vacuums,
-      durationSeconds: Math.round(durationSeconds * 10) / 10,
-      rowsThisRun,
-      bytesThisRun,
-      rowsPerSecond: Math.round(rowsThisRun / Math.max(durationSeconds, 0.001)),
-      megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
-      backup: r.backup,
-      recommendation: 'take a backup now (`alation-keys backup`): backups made before this rotation need the old keys, which stay in the keyring as retired',
-    };
+    });
     await finishJob(pool, job.id, 'succeeded', undefined, { summary });
     return summary;
   } catch (err) {
@@ -421,6 +389,59 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   } finally {
     detach();
   }
+}
+
+/** How convergence messages speak of a rotation. */
+function rotationWording(jobId: number, toVersion: number): Convergence['wording'] {
+  return {
+    settling: (s) => `every value is under v${toVersion}; waiting ${s}s for application instances to load it before the last count`,
+    nextPass: (n, total, perColumn) => `pass ${n}: ${total} value(s) still under older keys (${perColumn}), written by instances that had not loaded v${toVersion} yet`,
+    stuck: (total, rounds) =>
+      new OperationError(`${total} value(s) are still being written under older data keys after ${rounds} extra passes; job ${jobId} stays resumable`, {
+        hint: `restart application instances that still encrypt with an old key (they should load v${toVersion} within 30 s), then run \`alation-keys rotate\` again`,
+      }),
+  };
+}
+
+/** The result of a finished job: its figures, this run's rates. */
+function summarise(
+  r: JobRun,
+  final: JobRecord,
+  states: ReadonlyMap<string, ColumnState>,
+  run: { started: number; rowsAtStart: number; bytesAtStart: number; retired: number[]; valuesAfter: Record<string, number>; passes: number; vacuums: number },
+): RotateSummary {
+  const durationSeconds = (Date.now() - run.started) / 1000;
+  const columns: ColumnSummary[] = r.plans.map((p) => {
+    const s = states.get(p.name)!;
+    return { column: p.name, storage: p.col.storage, rows: s.rowsDone, bytes: s.bytesDone, skippedConcurrent: s.skipped, passes: s.pass };
+  });
+  const rowsThisRun = columns.reduce((a, c) => a + c.rows, 0) - run.rowsAtStart;
+  const bytesThisRun = columns.reduce((a, c) => a + c.bytes, 0) - run.bytesAtStart;
+  return {
+    ok: true,
+    result: 'rotated',
+    jobId: r.job.id,
+    resumed: r.resumed,
+    fromVersion: r.job.from_version,
+    toVersion: r.job.to_version!,
+    kekId: r.kekId,
+    retiredVersions: run.retired,
+    valuesBefore: valuesBefore(r.plans.map((p) => states.get(p.name)!)),
+    valuesAfter: run.valuesAfter,
+    columns,
+    rows: final.rows_done,
+    bytes: final.bytes_done,
+    skippedConcurrent: columns.reduce((a, c) => a + c.skippedConcurrent, 0),
+    passes: run.passes,
+    vacuums: run.vacuums,
+    durationSeconds: Math.round(durationSeconds * 10) / 10,
+    rowsThisRun,
+    bytesThisRun,
+    rowsPerSecond: Math.round(rowsThisRun / Math.max(durationSeconds, 0.001)),
+    megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
+    backup: r.backup,
+    recommendation: 'take a backup now (`alation-keys backup`): backups made before this rotation need the old keys, which stay in the keyring as retired',
+  };
 }
 
 function interrupted(jobId: number): InterruptedError {
