@@ -71,7 +71,7 @@ describe('init, columns, status, jobs through the real binary', () => {
     expect(malformed.code).toBe(2);
     const list = await runCliJson(['columns', 'list'], { env });
     expect(list.json.columns.map((c: any) => c.column).sort()).toEqual(['public."Vault"."Secret"', 'public."Vault".blob', 'public.uniq.secret']);
-    expect(list.json.columns.find((c: any) => c.column_name === 'Secret').context).toBe('public.Vault.Secret');
+    expect(list.json.columns.find((c: any) => c.column_name === 'Secret').context).toBe('public."Vault"."Secret"');
   });
 
   test('status --json counts values per DEK version per column from envelope headers', async () => {
@@ -101,13 +101,17 @@ describe('init, columns, status, jobs through the real binary', () => {
     await db.query(`DELETE FROM public.uniq`);
   });
 
-  test('columns remove needs confirmation when values exist: exit 2 without a terminal, done with --yes', async () => {
-    const r = await runCli(['columns', 'remove', 'public."Vault".blob'], { env });
+  test('columns remove of a column holding values is refused (exit 3) without --force; with --force it needs confirmation', async () => {
+    const refused = await runCli(['columns', 'remove', 'public."Vault".blob', '--yes'], { env });
+    expect(refused.code).toBe(3);
+    expect(refused.stderr).toContain('still holds 25 encrypted value(s)');
+    expect(refused.stderr).toContain('--force');
+    const r = await runCli(['columns', 'remove', 'public."Vault".blob', '--force'], { env });
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('holds 25 encrypted value(s)');
     expect(r.stderr).toContain('--yes');
     expect((await runCliJson(['columns', 'list'], { env })).json.columns).toHaveLength(3);
-    const yes = await runCli(['columns', 'remove', 'public."Vault".blob', '--yes'], { env });
+    const yes = await runCli(['columns', 'remove', 'public."Vault".blob', '--force', '--yes'], { env });
     expect(yes.code).toBe(0);
     expect((await runCliJson(['columns', 'list'], { env })).json.columns).toHaveLength(2);
     expect((await runCli(['columns', 'add', 'public."Vault".blob'], { env })).code).toBe(0);

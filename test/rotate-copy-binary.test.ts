@@ -40,7 +40,7 @@ test('malformed streams are errors, not silently short', async () => {
 
 test('SQL: watermark literals are escaped, keys cast to their types, header literal exact', () => {
   const plan: ColumnPlan = {
-    col: { table_schema: 'public', table_name: 'Tenant Secrets', column_name: 'Secret', key_columns: ['tenant', 'n'], storage: 'bytea', context: 'c', added_at: new Date() },
+    col: { table_schema: 'public', table_name: 'Tenant Secrets', column_name: 'Secret', key_columns: ['tenant', 'n'], storage: 'bytea', context: 'c', state: 'encrypted', added_at: new Date() },
     name: 'public."Tenant Secrets"."Secret"',
     table: '"public"."Tenant Secrets"',
     keyColumns: ['tenant', 'n'],

@@ -113,7 +113,7 @@ test('CopyPayloadBuilder writes the same bytes as the reference encoder, across 
 
 function plan(storage: 'bytea' | 'text'): ColumnPlan {
   return {
-    col: { table_schema: 'public', table_name: 't', column_name: 'v', key_columns: ['id'], storage, context: 'public.t.v', added_at: new Date() },
+    col: { table_schema: 'public', table_name: 't', column_name: 'v', key_columns: ['id'], storage, context: 'public.t.v', state: 'encrypted', added_at: new Date() },
     name: 'public.t.v',
     table: '"public"."t"',
     keyColumns: ['id'],

@@ -6,6 +6,12 @@ import { Queryable } from '../db/transaction';
 import { formatColumnName, parseQualifiedName } from './identifiers';
 import { censusColumn } from './census';
 
+/**
+ * SPEC 4.2 states. `removed` rows are history: not a registered column for anything but
+ * `keys destroy` (which counts the values they may still hold) and context uniqueness.
+ */
+export type ColumnState = 'encrypted' | 'encrypting' | 'decrypting' | 'removed';
+
 export interface EncryptedColumn {
   table_schema: string;
   table_name: string;
@@ -13,24 +19,46 @@ export interface EncryptedColumn {
   key_columns: string[];
   storage: Storage;
   context: string;
+  state: ColumnState;
   added_at: Date;
 }
 
+const COLUMN_FIELDS = 'table_schema, table_name, column_name, key_columns, storage, context, state, added_at';
+
+/** The registered columns (every state but `removed`). */
 export async function listColumns(db: Queryable): Promise<EncryptedColumn[]> {
   const r = await db.query<EncryptedColumn>(
-    `SELECT table_schema, table_name, column_name, key_columns, storage, context, added_at
-       FROM alation_keys.encrypted_columns ORDER BY table_schema, table_name, column_name`,
+    `SELECT ${COLUMN_FIELDS} FROM alation_keys.encrypted_columns WHERE state <> 'removed' ORDER BY table_schema, table_name, column_name`,
   );
   return r.rows;
 }
 
-export async function findColumn(db: Queryable, name: string): Promise<EncryptedColumn | undefined> {
-  const [schema, table, column] = parseQualifiedName(name, 3);
+/** Every column the registry has ever held, `removed` ones included. */
+export async function listColumnsEverRegistered(db: Queryable): Promise<EncryptedColumn[]> {
   const r = await db.query<EncryptedColumn>(
-    `SELECT table_schema, table_name, column_name, key_columns, storage, context, added_at
-       FROM alation_keys.encrypted_columns WHERE table_schema = $1 AND table_name = $2 AND column_name = $3`,
+    `SELECT ${COLUMN_FIELDS} FROM alation_keys.encrypted_columns ORDER BY table_schema, table_name, column_name`,
+  );
+  return r.rows;
+}
+
+async function findRegistryRow(db: Queryable, schema: string, table: string, column: string): Promise<EncryptedColumn | undefined> {
+  const r = await db.query<EncryptedColumn>(
+    `SELECT ${COLUMN_FIELDS} FROM alation_keys.encrypted_columns WHERE table_schema = $1 AND table_name = $2 AND column_name = $3`,
     [schema, table, column],
   );
+  return r.rows[0];
+}
+
+/** The registered column of that name (not a `removed` one), or undefined. */
+export async function findColumn(db: Queryable, name: string): Promise<EncryptedColumn | undefined> {
+  const [schema, table, column] = parseQualifiedName(name, 3);
+  const row = await findRegistryRow(db, schema, table, column);
+  return row && row.state !== 'removed' ? row : undefined;
+}
+
+/** The column whose row holds `context`, in any state. */
+async function findContextOwner(db: Queryable, context: string): Promise<EncryptedColumn | undefined> {
+  const r = await db.query<EncryptedColumn>(`SELECT ${COLUMN_FIELDS} FROM alation_keys.encrypted_columns WHERE context = $1`, [context]);
   return r.rows[0];
 }
 
@@ -63,8 +91,16 @@ export async function addColumn(db: Queryable, name: string, opts: { context?: s
   const [schema, table, column] = parseQualifiedName(name, 3);
   const display = formatColumnName({ table_schema: schema, table_name: table, column_name: column });
   if (schema === 'alation_keys') throw new UsageError('columns of the alation_keys schema cannot be registered');
-  const existing = await findColumn(db, display);
-  if (existing) return { column: existing, added: false };
+  if (opts.context !== undefined && opts.context === '') {
+    throw new UsageError('--context must not be empty', { hint: 'leave --context out to use the column\'s quoted name' });
+  }
+  const existing = await findRegistryRow(db, schema, table, column);
+  if (existing && existing.state !== 'removed') return { column: existing, added: false };
+  if (existing && opts.context !== undefined && opts.context !== existing.context) {
+    throw new UsageError(`${display} was registered before with context "${existing.context}"; a re-added column keeps it`, {
+      hint: 'leave --context out: its old values verify only under their own context',
+    });
+  }
   const t = await db.query<{ relkind: string }>(
     `SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
     [schema, table],
@@ -93,14 +129,49 @@ export async function addColumn(db: Queryable, name: string, opts: { context?: s
     });
   }
   if (keyColumns.includes(column)) throw new UsageError(`column ${display} is part of the table's key and cannot be encrypted`);
-  const context = opts.context ?? `${schema}.${table}.${column}`;
-  const r = await db.query<EncryptedColumn>(
-    `INSERT INTO alation_keys.encrypted_columns (table_schema, table_name, column_name, key_columns, storage, context)
-     VALUES ($1, $2, $3, $4, $5, $6)
-     RETURNING table_schema, table_name, column_name, key_columns, storage, context, added_at`,
-    [schema, table, column, keyColumns, type, context],
-  );
-  return { column: r.rows[0], added: true };
+  if (existing) {
+    const r = await db.query<EncryptedColumn>(
+      `UPDATE alation_keys.encrypted_columns SET state = 'encrypted', key_columns = $4, storage = $5
+        WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 AND state = 'removed'
+        RETURNING ${COLUMN_FIELDS}`,
+      [schema, table, column, keyColumns, type],
+    );
+    return { column: r.rows[0] ?? existing, added: true };
+  }
+  const context = opts.context ?? (await defaultContext(db, schema, table, column));
+  await refuseTakenContext(db, display, context, opts.context !== undefined);
+  try {
+    const r = await db.query<EncryptedColumn>(
+      `INSERT INTO alation_keys.encrypted_columns (table_schema, table_name, column_name, key_columns, storage, context)
+       VALUES ($1, $2, $3, $4, $5, $6)
+       RETURNING ${COLUMN_FIELDS}`,
+      [schema, table, column, keyColumns, type, context],
+    );
+    return { column: r.rows[0], added: true };
+  } catch (err) {
+    // Another registration took the context between the check and the insert.
+    if ((err as { code?: string }).code === '23505') await refuseTakenContext(db, display, context, opts.context !== undefined);
+    throw err;
+  }
+}
+
+/** SPEC 4.2: the canonical quoted name, each part quoted as PostgreSQL's quote_ident does. */
+async function defaultContext(db: Queryable, schema: string, table: string, column: string): Promise<string> {
+  const r = await db.query<{ context: string }>(`SELECT quote_ident($1) || '.' || quote_ident($2) || '.' || quote_ident($3) AS context`, [
+    schema,
+    table,
+    column,
+  ]);
+  return r.rows[0].context;
+}
+
+async function refuseTakenContext(db: Queryable, display: string, context: string, explicit: boolean): Promise<void> {
+  const owner = await findContextOwner(db, context);
+  if (!owner) return;
+  const who = `${formatColumnName(owner)}${owner.state === 'removed' ? ' (removed, kept as history)' : ''}`;
+  const message = `context "${context}" belongs to ${who}; a value of one column would verify in the other`;
+  if (explicit) throw new UsageError(message, { hint: `pass a --context no other column has, or leave it out for ${display}` });
+  throw new PreconditionError(message, { hint: `register ${display} with a --context of its own` });
 }
 
 /** Envelopes in the column (plaintext and NULLs are not counted). */
@@ -108,11 +179,12 @@ export async function countEncryptedValues(db: Queryable, col: EncryptedColumn):
   return (await censusColumn(db, col)).envelopes;
 }
 
+/** Unregisters a column; its row stays as `removed`, so its context is never given to another column. */
 export async function removeColumn(db: Queryable, name: string): Promise<EncryptedColumn> {
   const col = await findColumn(db, name);
   if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
   await db.query(
-    `DELETE FROM alation_keys.encrypted_columns WHERE table_schema = $1 AND table_name = $2 AND column_name = $3`,
+    `UPDATE alation_keys.encrypted_columns SET state = 'removed' WHERE table_schema = $1 AND table_name = $2 AND column_name = $3`,
     [col.table_schema, col.table_name, col.column_name],
   );
   return col;

@@ -4,14 +4,30 @@
  */
 import { Pool } from 'pg';
 import { PreconditionError } from '../errors';
-import { withTransaction } from './transaction';
+import { Queryable, withTransaction } from './transaction';
 
 export const SCHEMA = 'alation_keys';
 
 interface Migration {
   version: number;
   name: string;
+  /** Refuses (throws) before the SQL runs when the existing data cannot be migrated. */
+  precheck?: (db: Queryable) => Promise<void>;
   sql: string;
+}
+
+/** Version 2 cannot add the unique context index while two rows share a context, or a row has none. */
+async function refuseAmbiguousContexts(db: Queryable): Promise<void> {
+  const dup = await db.query<{ context: string; columns: string[] }>(
+    `SELECT context, array_agg(quote_ident(table_schema) || '.' || quote_ident(table_name) || '.' || quote_ident(column_name)
+                             ORDER BY table_schema, table_name, column_name) AS columns
+       FROM alation_keys.encrypted_columns GROUP BY context HAVING count(*) > 1 OR context = '' ORDER BY context`,
+  );
+  if (dup.rowCount === 0) return;
+  const list = dup.rows.map((r) => (r.context === '' ? `empty context: ${r.columns.join(', ')}` : `context "${r.context}": ${r.columns.join(', ')}`));
+  throw new PreconditionError(`cannot migrate: registered columns share a context or have none (${list.join('; ')})`, {
+    hint: 'a value encrypted in one of them verifies in the other; re-encrypt one column under a context of its own before migrating',
+  });
 }
 
 export const MIGRATIONS: Migration[] = [
@@ -67,6 +83,18 @@ CREATE TABLE alation_keys.settings (
 );
 `,
   },
+  {
+    version: 2,
+    name: 'column states, unique non-empty contexts',
+    precheck: refuseAmbiguousContexts,
+    sql: `
+ALTER TABLE alation_keys.encrypted_columns
+  ADD COLUMN state text NOT NULL DEFAULT 'encrypted'
+    CONSTRAINT encrypted_columns_state_check CHECK (state IN ('encrypted', 'encrypting', 'decrypting', 'removed')),
+  ADD CONSTRAINT encrypted_columns_context_not_empty CHECK (context <> '');
+CREATE UNIQUE INDEX encrypted_columns_context_unique ON alation_keys.encrypted_columns (context);
+`,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1].version;
@@ -105,6 +133,7 @@ export async function migrate(pool: Pool): Promise<number[]> {
     const applied: number[] = [];
     for (const m of MIGRATIONS) {
       if (m.version <= current) continue;
+      if (m.precheck) await m.precheck(client);
       await client.query(m.sql);
       await client.query('INSERT INTO alation_keys.schema_migrations (version, name) VALUES ($1, $2)', [m.version, m.name]);
       applied.push(m.version);

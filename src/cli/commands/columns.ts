@@ -3,7 +3,7 @@ import { addColumn, countEncryptedValues, findColumn, listColumns, removeColumn 
 import { formatColumnName } from '../../core/identifiers';
 import { countVersions } from '../../core/status';
 import { requireInitialised } from '../../db/migrations';
-import { UsageError } from '../../errors';
+import { PreconditionError, UsageError } from '../../errors';
 import { Runner } from '../context';
 import { formatTime, renderTable } from '../render';
 import { renderColumnCensus } from './status';
@@ -41,7 +41,7 @@ export function register(program: Command, run: Runner): void {
     .command('add')
     .description('register SCHEMA.TABLE.COLUMN (bytea or text, in a table with a primary or unique not-null key)')
     .argument('<column>', 'SCHEMA.TABLE.COLUMN; quote mixed-case names: public."MyTable"."Secret"')
-    .option('--context <text>', 'AAD context (default SCHEMA.TABLE.COLUMN; kept if the table is renamed later)');
+    .option('--context <text>', 'AAD context, unique and non-empty (default the quoted SCHEMA.TABLE.COLUMN; kept if the table is renamed later)');
   add.action(
     run('columns', add, async (ctx, [name], opts) => {
       await requireInitialised(ctx.pool);
@@ -57,16 +57,22 @@ export function register(program: Command, run: Runner): void {
 
   const remove = columns
     .command('remove')
-    .description('unregister SCHEMA.TABLE.COLUMN (its values are no longer rotated)')
-    .argument('<column>', 'SCHEMA.TABLE.COLUMN');
+    .description('unregister SCHEMA.TABLE.COLUMN (its values are no longer rotated; refused while it holds encrypted values)')
+    .argument('<column>', 'SCHEMA.TABLE.COLUMN')
+    .option('--force', 'unregister even though the column still holds encrypted values');
   remove.action(
-    run('columns', remove, async (ctx, [name]) => {
+    run('columns', remove, async (ctx, [name], opts: { force?: boolean }) => {
       await requireInitialised(ctx.pool);
       const col = await findColumn(ctx.pool, name);
       if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
       const n = await countEncryptedValues(ctx.pool, col);
+      if (n > 0 && !opts.force) {
+        throw new PreconditionError(`${formatColumnName(col)} still holds ${n} encrypted value(s); unregistered, they would no longer be rotated`, {
+          hint: 'decrypt or clear the values first, or pass --force to unregister anyway (`keys destroy` still counts them)',
+        });
+      }
       if (n > 0) {
-        ctx.io.warn(`${formatColumnName(col)} holds ${n} encrypted value(s); once removed they are no longer rotated or counted`);
+        ctx.io.warn(`${formatColumnName(col)} holds ${n} encrypted value(s); once removed they are no longer rotated`);
         await ctx.io.confirm(`Unregister ${formatColumnName(col)}?`);
       }
       const removed = await removeColumn(ctx.pool, name);
