@@ -5,7 +5,8 @@ import { UsageError } from '../errors';
 import { Queryable } from '../db/transaction';
 import { MAINTENANCE_LOCK } from '../db/transaction';
 
-export type JobState = 'running' | 'succeeded' | 'failed' | 'interrupted';
+export const JOB_STATES = ['running', 'succeeded', 'failed', 'interrupted'] as const;
+export type JobState = (typeof JOB_STATES)[number];
 
 export interface JobRecord {
   id: number;
@@ -94,6 +95,16 @@ export async function listJobs(db: Queryable, opts: { limit?: number; kind?: str
   const r = await db.query<JobRecord>(
     `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE ($1::text IS NULL OR kind = $1) ORDER BY id DESC LIMIT $2`,
     [opts.kind ?? null, opts.limit ?? 20],
+  );
+  return r.rows;
+}
+
+export type LatestJob = Pick<JobRecord, 'id' | 'kind' | 'state' | 'started_at' | 'finished_at'>;
+
+/** The latest job of each kind, by kind. */
+export async function latestJobPerKind(db: Queryable): Promise<LatestJob[]> {
+  const r = await db.query<LatestJob>(
+    `SELECT DISTINCT ON (kind) id::int AS id, kind, state, started_at, finished_at FROM alation_keys.jobs ORDER BY kind, id DESC`,
   );
   return r.rows;
 }

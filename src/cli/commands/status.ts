@@ -1,9 +1,12 @@
 import { Command } from 'commander';
 import { collectStatus, ColumnVersionCounts, StatusReport } from '../../core/status';
 import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
-import { PreconditionError } from '../../errors';
+import { collectMetrics } from '../../core/metrics';
+import { PreconditionError, UsageError } from '../../errors';
+import { replaceFileAtomically } from '../../files/atomic-file';
+import { renderPrometheus } from '../prometheus';
 import { IOStreams } from '../io';
-import { Runner } from '../context';
+import { CommandContext, Runner } from '../context';
 import { formatCount, formatTime, renderJobsTable, renderTable } from '../render';
 
 export function register(program: Command, run: Runner): void {
@@ -13,16 +16,21 @@ export function register(program: Command, run: Runner): void {
     .option('--check', 'exit 3 when something needs attention (for monitoring)')
     .option('--data-dir <path>', "the server's data directory as mounted on this host, for the headroom check")
     .option('--free-space <bytes>', "free space on the server's volume (e.g. 120GB), for a server whose data directory this host cannot see")
-    .option('--no-provider-check', 'do not contact the key provider');
+    .option('--no-provider-check', 'do not contact the key provider')
+    .option('--prometheus', 'print the figures as Prometheus metrics (text exposition format)')
+    .option('--output <file>', "with --prometheus: write them to FILE atomically (for node_exporter's textfile collector)");
   cmd.action(
     run('status', cmd, async (ctx, _args, opts) => {
-      const report = await collectStatus(ctx.pool, {
+      const statusOptions = {
         ...ctx.providerOptions,
         dataDir: opts.dataDir,
         freeSpaceBytes: opts.freeSpace !== undefined ? parseByteSize(opts.freeSpace, '--free-space') : undefined,
         serverIsLocal: ctx.serverIsLocal,
         checkProvider: opts.providerCheck !== false,
-      });
+      };
+      if (opts.output !== undefined && !opts.prometheus) throw new UsageError('--output goes with --prometheus', { hint: 'alation-keys status --prometheus --output FILE' });
+      if (opts.prometheus) return prometheusStatus(ctx, statusOptions, { output: opts.output, check: !!opts.check });
+      const report = await collectStatus(ctx.pool, statusOptions);
       if (ctx.globals.json) ctx.io.printJson(report);
       else ctx.io.print(renderStatus(ctx.io, report));
       if (opts.check && report.attention.length > 0) {
@@ -30,6 +38,25 @@ export function register(program: Command, run: Runner): void {
       }
     }),
   );
+}
+
+async function prometheusStatus(
+  ctx: CommandContext,
+  statusOptions: Parameters<typeof collectMetrics>[1],
+  opts: { output?: string; check: boolean },
+): Promise<void> {
+  if (ctx.globals.json) throw new UsageError('--prometheus and --json are two different outputs; choose one');
+  if (opts.output === '') throw new UsageError('--output needs a file name');
+  const families = await collectMetrics(ctx.pool, statusOptions);
+  const text = renderPrometheus(families);
+  if (opts.output) {
+    replaceFileAtomically(opts.output, text, 0o644);
+    ctx.io.info(`wrote ${families.length} metric families to ${opts.output}`);
+  } else {
+    ctx.io.print(text);
+  }
+  const attention = families.find((f) => f.name === 'alation_keys_attention_items')?.samples[0]?.value ?? 0;
+  if (opts.check && attention > 0) throw new PreconditionError(`${attention} thing(s) need attention`, { reported: true });
 }
 
 export function renderStatus(io: IOStreams, r: StatusReport): string {
