@@ -4,7 +4,8 @@
  */
 import { parseCopy } from './support/copy';
 import { CopyRow, COPY_SIGNATURE, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
-import { headerLiteral, notUnderSql, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rewrite/plan';
+import { notUnderSql, readPageSql, updateFromStageSql, ColumnPlan } from '../src/core/rewrite/plan';
+import { headerLiteralSql as headerLiteral } from '../src/crypto/envelope-sql';
 import { parseDuration } from '../src/core/rewrite/util';
 
 const parse = parseCopy;

@@ -3,7 +3,7 @@
  * database, without decrypting. Generated from the constants of envelope.ts, so the format is
  * spelled in one place (SPEC sections 3 and 4.2).
  */
-import { ENVELOPE_FORMAT_V1, ENVELOPE_MAGIC, HEADER_LENGTH, Storage, TEXT_PREFIX } from './envelope';
+import { ENVELOPE_FORMAT_V1, ENVELOPE_MAGIC, ENVELOPE_PREFIX_LENGTH, HEADER_LENGTH, Storage, TEXT_PREFIX } from './envelope';
 
 /** magic + format byte: the first bytes of every v1 envelope. */
 const ENVELOPE_START = Buffer.concat([ENVELOPE_MAGIC, Buffer.from([ENVELOPE_FORMAT_V1])]);
@@ -51,4 +51,13 @@ export function versionSql(storage: Storage, value: string): string {
 export function versionOfHeader(h: Buffer | null | undefined): number | null {
   if (!h || h.length !== HEADER_LENGTH || h.compare(ENVELOPE_START, 0, ENVELOPE_START.length, 0, ENVELOPE_START.length) !== 0) return null;
   return h.readUInt32BE(ENVELOPE_START.length);
+}
+
+/**
+ * Length of the stored prefix that identifies one encryption of one value (header + nonce):
+ * 19 bytes of a bytea envelope; in text storage the prefix and the base64 characters that
+ * encode those 19 bytes (rounded up to whole 3-byte groups).
+ */
+export function storedPrefixLength(storage: Storage): number {
+  return storage === 'bytea' ? ENVELOPE_PREFIX_LENGTH : TEXT_PREFIX.length + Math.ceil(ENVELOPE_PREFIX_LENGTH / 3) * 4;
 }

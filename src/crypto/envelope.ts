@@ -22,6 +22,10 @@ export const ENVELOPE_PREFIX_LENGTH = HEADER_LENGTH + NONCE_LENGTH;
 export const ENVELOPE_OVERHEAD = ENVELOPE_PREFIX_LENGTH + TAG_LENGTH;
 export const TEXT_PREFIX = 'ak1:';
 export const DEK_LENGTH = 32;
+const MAGIC_0 = ENVELOPE_MAGIC[0];
+const MAGIC_1 = ENVELOPE_MAGIC[1];
+/** Offset of the DEK version: after the magic and the format byte. */
+const VERSION_OFFSET = ENVELOPE_MAGIC.length + 1;
 
 export type Storage = 'bytea' | 'text';
 
@@ -35,10 +39,9 @@ export function envelopeHeader(dekVersion: number): Buffer {
     throw new RangeError(`DEK version must be an integer from 1 to 4294967295, got ${dekVersion}`);
   }
   const header = Buffer.allocUnsafe(HEADER_LENGTH);
-  header[0] = 0x41;
-  header[1] = 0x4b;
-  header[2] = ENVELOPE_FORMAT_V1;
-  header.writeUInt32BE(dekVersion, 3);
+  ENVELOPE_MAGIC.copy(header, 0);
+  header[ENVELOPE_MAGIC.length] = ENVELOPE_FORMAT_V1;
+  header.writeUInt32BE(dekVersion, VERSION_OFFSET);
   return header;
 }
 
@@ -73,9 +76,9 @@ export function envelopeVersion(envelope: Buffer): number {
   if (envelope.length < ENVELOPE_OVERHEAD) {
     throw new EnvelopeFormatError(`envelope too short (${envelope.length} bytes, at least ${ENVELOPE_OVERHEAD})`);
   }
-  if (envelope[0] !== 0x41 || envelope[1] !== 0x4b) throw new EnvelopeFormatError('not an envelope (bad magic)');
+  if (envelope[0] !== MAGIC_0 || envelope[1] !== MAGIC_1) throw new EnvelopeFormatError('not an envelope (bad magic)');
   if (envelope[2] !== ENVELOPE_FORMAT_V1) throw new EnvelopeFormatError(`unknown envelope format version ${envelope[2]}`);
-  return envelope.readUInt32BE(3);
+  return envelope.readUInt32BE(VERSION_OFFSET);
 }
 
 /** Decrypts a binary envelope with the DEK it names; always checks the full 16-byte tag. */

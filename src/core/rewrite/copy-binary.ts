@@ -234,7 +234,7 @@ export class CopyPayloadBuilder {
     this.off += value.copy(this.cur, this.off);
   }
 
-  /** A field of `prefix` followed by the latin1 bytes of `text` (`ak1:` + base64). */
+  /** A field of `prefix` followed by the latin1 bytes of `text` (a text envelope: its prefix, then base64). */
   textField(prefix: Buffer, text: string): number {
     const n = prefix.length + text.length;
     this.room(4 + n);

@@ -6,6 +6,7 @@ import { Queryable, qualifiedName, quoteIdent } from '../../db/transaction';
 import { PreconditionError } from '../../errors';
 import { EncryptedColumn } from '../columns';
 import { formatColumnName } from '../identifiers';
+import { headerLiteralSql, storedPrefixLength as envelopePrefixLength, versionOfHeader } from '../../crypto/envelope-sql';
 import { headerExpr } from '../value-sql';
 
 export interface ColumnPlan {
@@ -52,19 +53,12 @@ export async function planColumn(db: Queryable, col: EncryptedColumn, index: num
   };
 }
 
-/** The 7-byte envelope header of DEK `version`, as a bytea literal. */
-export function headerLiteral(version: number): string {
-  const v = Number(version);
-  if (!Number.isInteger(v) || v < 1 || v > 0xffffffff) throw new RangeError(`bad DEK version ${version}`);
-  return `'\\x414b01${v.toString(16).padStart(8, '0')}'::bytea`;
-}
-
 /**
  * "The value is not under `version`", reading the stored header once: cheaper than comparing
  * versionExpr, which evaluates the header (a TOAST slice fetch for large values) many times.
  */
 export function notUnderSql(p: ColumnPlan, version: number, alias = ''): string {
-  return `${headerExpr(p.col, alias)} IS DISTINCT FROM ${headerLiteral(version)}`;
+  return `${headerExpr(p.col, alias)} IS DISTINCT FROM ${headerLiteralSql(version)}`;
 }
 
 /** Row-constructor of the key columns, qualified by `alias`. */
@@ -140,15 +134,14 @@ export function copyIntoStageSql(p: ColumnPlan): string {
   return `COPY ${stageTableName(p)} FROM STDIN (FORMAT binary)`;
 }
 
-/** Length of the stored prefix compared before overwriting: the 19-byte header + nonce. */
+/** Length of the stored prefix compared before overwriting: the envelope's header and nonce. */
 export function storedPrefixLength(p: ColumnPlan): number {
-  // Text storage: 'ak1:' + 28 base64 characters encode the first 21 bytes, covering all 19.
-  return p.col.storage === 'bytea' ? 19 : 32;
+  return envelopePrefixLength(p.col.storage);
 }
 
 /**
  * The chunk's UPDATE: a row changes only if its stored value still starts with what was read
- * (the 19-byte header and random nonce), so a value the application wrote meanwhile is never
+ * (the envelope's header and random nonce), so a value the application wrote meanwhile is never
  * overwritten. An unchanged row version (same xmin) implies an unchanged value and is checked
  * first: it lives in the tuple header, while the prefix of a TOASTed value costs a TOAST read.
  * Frozen rows show xmin 2 (and bootstrap rows 1) whatever wrote them, so for those only the
@@ -177,7 +170,7 @@ export async function countValues(db: Queryable, p: ColumnPlan): Promise<{ value
 /** Values (non-NULL) and stored bytes per DEK version (NULL version = not a well-formed envelope). */
 export async function countVersions(db: Queryable, p: ColumnPlan): Promise<VersionCount[]> {
   const v = quoteIdent(p.col.column_name);
-  // Grouped by the raw 7-byte header (evaluated once per row); versions are read here.
+  // Grouped by the raw header (evaluated once per row); versions are read here.
   const r = await db.query<{ h: Buffer | null; n: string; bytes: string | null }>(
     `SELECT ${headerExpr(p.col)} AS h, count(*) AS n, sum(octet_length(${v}))::bigint AS bytes
        FROM ${p.table} WHERE ${v} IS NOT NULL GROUP BY 1`,
@@ -185,7 +178,7 @@ export async function countVersions(db: Queryable, p: ColumnPlan): Promise<Versi
   const by = new Map<number | null, VersionCount>();
   for (const row of r.rows) {
     const h = row.h;
-    const version = h && h.length === 7 && h[0] === 0x41 && h[1] === 0x4b && h[2] === 0x01 ? h.readUInt32BE(3) : null;
+    const version = versionOfHeader(h);
     const c = by.get(version) ?? { version, values: 0, bytes: 0 };
     c.values += Number(row.n);
     c.bytes += Number(row.bytes ?? 0);
