@@ -3,13 +3,14 @@
  * envelopes, SPEC 4.2), envelopes whose header cannot be read, and NULLs. Counted from the
  * headers in SQL in one scan; nothing is decrypted.
  */
+import { Storage } from '../crypto/envelope';
 import { headerSql, isEnvelopeSql, versionOfHeader } from '../crypto/envelope-sql';
 import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
 import { IntegrityError } from '../errors';
-import type { EncryptedColumn } from './columns';
 import { formatColumnName } from './identifiers';
 
-type ColumnRef = Pick<EncryptedColumn, 'table_schema' | 'table_name' | 'column_name' | 'storage'> & { state?: string };
+/** A registered column as the census needs it (an EncryptedColumn fits). */
+type ColumnRef = { table_schema: string; table_name: string; column_name: string; storage: Storage; state?: string };
 
 export interface VersionCensus {
   values: number;

@@ -1,8 +1,7 @@
 import { PreconditionError } from '../errors';
-import { Settings } from '../core/settings';
 import { LocalKeyProvider } from './local';
 import { resolveMasterKeyPath } from './master-key-file';
-import { KeyProvider } from './provider';
+import { KekProviderKind, KeyProvider } from './provider';
 
 export interface ProviderOptions {
   masterKeyFile?: string;
@@ -10,8 +9,15 @@ export interface ProviderOptions {
   awsProfile?: string;
 }
 
+/** What choosing the provider needs of alation_keys.settings (the Settings of src/core/settings.ts fit). */
+export interface ProviderSettings {
+  installation_id?: string;
+  kek_provider?: KekProviderKind;
+  aws?: { region: string; key_arn: string; role_arn: string; external_id: string };
+}
+
 /** The provider this installation's settings name (local unless BYOK was onboarded). */
-export function createKeyProvider(settings: Settings, opts: ProviderOptions = {}): KeyProvider {
+export function createKeyProvider(settings: ProviderSettings, opts: ProviderOptions = {}): KeyProvider {
   const kind = settings.kek_provider ?? 'local';
   if (kind === 'local') return new LocalKeyProvider(resolveMasterKeyPath(opts.masterKeyFile));
   if (kind === 'aws-kms') {

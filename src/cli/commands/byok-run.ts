@@ -5,7 +5,6 @@
 import { ProviderError, UsageError } from '../../errors';
 import {
   applyOnboarding,
-  ByokCheck,
   ByokFlags,
   ByokTestReport,
   byokPolicy,
@@ -13,43 +12,17 @@ import {
   missingByokFlags,
   parseByokTarget,
   planOnboarding,
-  PolicySnippets,
   refuseOffboarding,
   runByokTest,
 } from '../../core/byok';
 import { readSettings } from '../../core/settings';
 import { requireInitialised } from '../../db/migrations';
 import { CommandContext } from '../context';
-import { IOStreams } from '../io';
+import { renderCheck, renderPolicy } from './byok-render';
 import { runWizard } from './byok-wizard';
 
 function flagsOf(opts: Record<string, any>): ByokFlags {
   return { region: opts.region, keyArn: opts.keyArn, roleArn: opts.roleArn, serviceRegion: opts.serviceRegion };
-}
-
-export function renderCheck(io: IOStreams, c: ByokCheck): string {
-  const mark = c.status === 'pass' ? io.ok('✓') : c.status === 'fail' ? io.bad('✗') : c.status === 'warn' ? io.paint('33', '!') : io.paint('2', '-');
-  const lines = [`${mark} ${c.title}: ${c.detail}`];
-  if (c.fix && (c.status === 'fail' || c.status === 'warn')) lines.push(`    fix: ${c.fix}`);
-  return lines.join('\n');
-}
-
-export function renderPolicy(p: PolicySnippets): string {
-  const json = (o: object) => JSON.stringify(o, null, 2);
-  return [
-    `ExternalId of this installation: ${p.externalId}`,
-    `Trusted principal: ${p.principal}${p.principalSource === 'caller' ? ' (you, from sts:GetCallerIdentity; pass --principal to name another)' : ''}`,
-    ...(p.principalNote ? [`Note: ${p.principalNote}`] : []),
-    '',
-    `1. Permission policy: attach it to the role ${p.roleArn}`,
-    json(p.permissionPolicy),
-    '',
-    '2. Trust policy of the role',
-    json(p.trustPolicy),
-    '',
-    `3. Key policy statement: add it to the Statement list of the key policy of ${p.keyArn}`,
-    json(p.keyPolicyStatement),
-  ].join('\n');
 }
 
 /** Runs the pre-flight checks, printing each as it finishes (not in --json mode). */
@@ -76,7 +49,7 @@ function failTest(report: ByokTestReport): never {
   });
 }
 
-export async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace?: boolean }): Promise<void> {
+async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace?: boolean }): Promise<void> {
   const target = parseByokTarget(flags);
   const plan = await planOnboarding(ctx.pool, target, { replace: opts.replace });
   if (plan.alreadyOnboarded) {
@@ -135,7 +108,9 @@ export async function onboardCommand(ctx: CommandContext, opts: Record<string, a
     if (!ctx.io.canPrompt) {
       throw new UsageError(`byok onboard needs ${missing.join(', ')}`, { hint: 'pass them, or run it on a terminal for the guided set-up' });
     }
-    return runWizard(ctx, flags, { replace: !!opts.replace });
+    const chosen = await runWizard(ctx, flags, { replace: !!opts.replace });
+    if (chosen) await runOnboard(ctx, chosen, { replace: !!opts.replace });
+    return;
   }
   await runOnboard(ctx, flags, { replace: !!opts.replace });
 }

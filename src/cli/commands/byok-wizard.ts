@@ -3,7 +3,7 @@ import { AlationKeysError, UsageError } from '../../errors';
 import { byokPolicy, ByokFlags, PolicySnippets } from '../../core/byok';
 import { parseKeyArn, parseRegion, parseRoleArn } from '../../kms/arn';
 import { CommandContext } from '../context';
-import { renderPolicy, runOnboard } from './byok-run';
+import { renderPolicy } from './byok-render';
 
 /** Turns a parser's UsageError into an inquirer validation message. */
 function validator(parse: (s: string) => unknown) {
@@ -17,7 +17,8 @@ function validator(parse: (s: string) => unknown) {
   };
 }
 
-export async function runWizard(ctx: CommandContext, flags: ByokFlags, opts: { replace: boolean }): Promise<void> {
+/** Asks for what the flags left out and shows the policies; returns the flags to onboard with, or null when the operator is not ready. */
+export async function runWizard(ctx: CommandContext, flags: ByokFlags, opts: { replace: boolean }): Promise<ByokFlags | null> {
   const prompts = await import('@inquirer/prompts');
   ctx.io.print('Guided BYOK onboarding: the customer KMS key will wrap every data key of this installation.');
   const region =
@@ -61,7 +62,7 @@ export async function runWizard(ctx: CommandContext, flags: ByokFlags, opts: { r
     ctx.io.print(
       `nothing was changed; when the policies are in place run:\n  alation-keys byok onboard --region ${region} --key-arn ${keyArn} --role-arn ${roleArn}${opts.replace ? ' --replace' : ''}`,
     );
-    return;
+    return null;
   }
-  await runOnboard(ctx, { region, keyArn, roleArn, serviceRegion: flags.serviceRegion }, opts);
+  return { region, keyArn, roleArn, serviceRegion: flags.serviceRegion };
 }

@@ -8,7 +8,7 @@ import { EnvelopeAuthError, NONCE_LENGTH, TEXT_PREFIX_BYTES, envelopeFromTextByt
 import { IntegrityError } from '../../errors';
 import { CopyPayloadBuilder } from './copy-binary';
 import { ColumnPlan, describeKey, notUnderSql } from './plan';
-import type { ValueRewriter } from './transform';
+import { ValueRewriter } from './value-rewriter';
 
 export interface RotateTransform {
   kind: 'rotate';
