@@ -2,8 +2,7 @@
 import * as os from 'node:os';
 import { Pool } from 'pg';
 import { UsageError } from '../errors';
-import { Queryable } from '../db/transaction';
-import { MAINTENANCE_LOCK } from '../db/transaction';
+import { heldAdvisoryLockWhere, MAINTENANCE_LOCK, Queryable } from '../db/transaction';
 
 export const JOB_STATES = ['running', 'succeeded', 'failed', 'interrupted'] as const;
 export type JobState = (typeof JOB_STATES)[number];
@@ -140,9 +139,7 @@ export async function markOrphanedJobs(db: Queryable, opts: { holdingLock?: bool
     : await db.query<{ id: string; kind: string }>(
         `UPDATE alation_keys.jobs SET ${ORPHANED}
           WHERE state = 'running'
-            AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'
-                              AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                              AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted)
+            AND NOT EXISTS (SELECT 1 FROM pg_locks WHERE ${heldAdvisoryLockWhere('$1', '$2')})
           RETURNING id::text, kind`,
         [MAINTENANCE_LOCK[0], MAINTENANCE_LOCK[1]],
       );

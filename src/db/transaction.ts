@@ -31,12 +31,18 @@ export const MAINTENANCE_LOCK: readonly [number, number] = [0x414b4559, 1];
  * The backend holding an advisory lock in THIS database (advisory locks are per database;
  * other databases on the same server may hold the same key), or undefined.
  */
+/**
+ * The pg_locks condition "the two-key advisory lock ($first, $second) is granted in this
+ * database", with the keys as SQL expressions (parameters such as '$1').
+ */
+export function heldAdvisoryLockWhere(first: string, second: string): string {
+  return `locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        AND classid = ${first}::int::oid AND objid = ${second}::int::oid AND objsubid = 2 AND granted`;
+}
+
 export async function advisoryLockHolder(db: Queryable, key: readonly [number, number] = MAINTENANCE_LOCK): Promise<number | undefined> {
   const r = await db.query<{ pid: number }>(
-    `SELECT pid FROM pg_locks
-      WHERE locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-        AND classid = $1::int::oid AND objid = $2::int::oid AND objsubid = 2 AND granted
-      LIMIT 1`,
+    `SELECT pid FROM pg_locks WHERE ${heldAdvisoryLockWhere('$1', '$2')} LIMIT 1`,
     [key[0], key[1]],
   );
   return r.rows[0]?.pid;

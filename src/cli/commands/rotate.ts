@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
 import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rewrite/rotate';
 import { nonEnvelopeError } from '../../core/census';
+import { resolveBackupDir } from '../../core/backup';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rewrite/util';
 import { Runner } from '../context';
@@ -50,7 +51,8 @@ export function register(program: Command, run: Runner): void {
             maxBackupAgeMs,
             skipBackupCheck: !!opts.skipBackupCheck,
             backup: !!opts.backup,
-            backupDir: opts.backupDir,
+            backupDir: resolveBackupDir(opts.backupDir),
+            chunkBytes: Number(process.env.ALATION_KEYS_ROTATE_CHUNK_BYTES) || undefined,
             dataDir: opts.dataDir,
             freeSpaceBytes,
             skipDiskCheck: !!opts.skipDiskCheck,

@@ -168,7 +168,7 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
     if (opts.backup) {
       events.info?.('taking a backup first (--backup)');
       const b = await takeBackup(pool, {
-        outDir: opts.backupDir ?? process.env.ALATION_KEYS_BACKUP_DIR ?? '/var/backups/alation-keys',
+        outDir: opts.backupDir,
         lockHeld: true,
         databaseUrl: opts.databaseUrl,
         masterKeyFile: opts.providerOptions?.masterKeyFile,
@@ -320,7 +320,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     jobId: job.id,
     transform: { kind: 'rotate', toVersion, newDek: r.newDek, deks: [...r.deks.entries()] },
     batchSize: Math.max(1, Math.min(opts.batchSize ?? DEFAULT_BATCH_SIZE, opts.maxRate ? Math.ceil(opts.maxRate) : Infinity)),
-    chunkBytes: opts.chunkBytes ?? (Number(process.env.ALATION_KEYS_ROTATE_CHUNK_BYTES) || DEFAULT_CHUNK_BYTES),
+    chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
     stopper,
     limiter: new RateLimiter(opts.maxRate),
     vacuumer,
