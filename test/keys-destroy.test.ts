@@ -12,6 +12,8 @@ import { verifyRosemeta } from '../scripts/lib/rosemeta';
 import { addPrimaryDataKeyInTransaction } from '../src/core/keyring';
 import { LocalKeyProvider } from '../src/kms';
 import { createMasterKeyFile } from '../src/kms/master-key-file';
+// Every test here takes or reads backups: skipped, with the reason, where no pg_dump fits the server.
+import { describeWithPgDump as describe, testWithPgDump as test } from './support/pg-dump';
 
 let inst: Installation;
 let out: string;

