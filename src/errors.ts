@@ -67,6 +67,9 @@ export function exitCodeOf(err: unknown): ExitCodeValue {
  * Turns errors from pg, the OS and Node into our typed errors with a one-line message.
  * Typed errors pass through unchanged.
  */
+/** Where a DBA finds the CREATE ROLE / GRANT statements the tool needs. */
+export const PRIVILEGES_DOC = 'README "Database privileges"';
+
 export function normaliseError(err: unknown): AlationKeysError {
   if (err instanceof AlationKeysError) return err;
   const e = err as { code?: string; message?: string; address?: string; port?: number; errno?: number };
@@ -94,8 +97,15 @@ export function normaliseError(err: unknown): AlationKeysError {
         hint: 'check the user, and put the password in PGPASSWORD or ~/.pgpass',
         cause: err,
       });
-    case '42501':
-      return new PreconditionError(`the database user lacks a privilege: ${message}`, { cause: err });
+    case '42501': {
+      // insufficient_privilege, whatever raised it: one clear exit 3 naming what PostgreSQL refused.
+      const detail = (err as { detail?: string }).detail;
+      const connect = /permission denied for database (\S+)/.exec(message);
+      return new PreconditionError(
+        connect ? `the database role lacks CONNECT on database ${connect[1]} (${message})` : `the database role lacks a privilege: ${message}${detail ? ` (${detail})` : ''}`,
+        { hint: `a DBA grants it: ${PRIVILEGES_DOC} has the GRANT statements`, cause: err },
+      );
+    }
     case '57P01':
     case '57P02':
     case '57P03':

@@ -18,6 +18,7 @@ import { databaseSize, formatBytes, freeBytesAt } from './headroom';
 import { createJob, currentActor, describeLockHolder, finishJob, markOrphanedJobs, pgDumpApplicationName } from './jobs';
 import { DekState, KeyringRow, readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, pgToolEnv } from './pg-tools';
+import { requireDumpPrivileges } from '../db/privileges';
 import { readSettings } from './settings';
 
 export const MANIFEST_FORMAT = 'alation-keys/backup-manifest';
@@ -400,6 +401,7 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
   const serverNum = Number(sv.rows[0].num);
   const serverVersion = sv.rows[0].version.split(' ')[0];
   const database = sv.rows[0].db;
+  await requireDumpPrivileges(pool);
   const tool = findPgTool('pg_dump', {
     explicit: opts.pgDump ?? env.ALATION_KEYS_PG_DUMP,
     minVersionNum: serverNum,

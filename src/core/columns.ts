@@ -2,6 +2,7 @@
 import { Pool } from 'pg';
 import { PreconditionError, UsageError } from '../errors';
 import { Storage } from '../crypto/envelope';
+import { requireTablePrivileges } from '../db/privileges';
 import { Queryable } from '../db/transaction';
 import { formatColumnName, parseQualifiedName } from './identifiers';
 import { censusColumn } from './census';
@@ -129,6 +130,7 @@ export async function addColumn(db: Queryable, name: string, opts: { context?: s
     });
   }
   if (keyColumns.includes(column)) throw new UsageError(`column ${display} is part of the table's key and cannot be encrypted`);
+  await requireTablePrivileges(db, [{ schema, table }], ['SELECT', 'UPDATE'], `to encrypt and rotate ${display}`);
   if (existing) {
     const r = await db.query<EncryptedColumn>(
       `UPDATE alation_keys.encrypted_columns SET state = 'encrypted', key_columns = $4, storage = $5

@@ -5,6 +5,7 @@
 import { Pool } from 'pg';
 import { PreconditionError } from '../errors';
 import { Queryable, withTransaction } from './transaction';
+import { requireSchemaOwnership } from './privileges';
 
 export const SCHEMA = 'alation_keys';
 
@@ -124,7 +125,8 @@ export function refuseNewerSchema(version: number): void {
 export async function migrate(pool: Pool): Promise<number[]> {
   return withTransaction(pool, async (client) => {
     await client.query('SELECT pg_advisory_xact_lock($1, $2)', MIGRATION_LOCK);
-    await client.query('CREATE SCHEMA IF NOT EXISTS alation_keys');
+    // CREATE SCHEMA IF NOT EXISTS would need CREATE on the database even when the schema exists.
+    if (!(await requireSchemaOwnership(client, 'alation_keys'))) await client.query('CREATE SCHEMA alation_keys');
     await client.query(`CREATE TABLE IF NOT EXISTS alation_keys.schema_migrations (
       version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`);
     const r = await client.query<{ v: number | null }>('SELECT max(version) AS v FROM alation_keys.schema_migrations');

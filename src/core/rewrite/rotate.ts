@@ -18,6 +18,7 @@
 import { Pool } from 'pg';
 import { acquireAdvisoryLock, HeldLock, MAINTENANCE_LOCK, withTransaction } from '../../db/transaction';
 import { requireInitialised } from '../../db/migrations';
+import { requireTablePrivileges, requireTemporaryTables } from '../../db/privileges';
 import { IntegrityError, InterruptedError, OperationError, PreconditionError } from '../../errors';
 import { ProviderOptions } from '../../kms';
 import { LocalKeyProvider } from '../../kms/local';
@@ -147,7 +148,13 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       };
     }
   }
-  if (opts.dryRun) return dryRun(pool, opts, rows, primary, resumable);
+  const tables = (await listColumns(pool)).map((c) => ({ schema: c.table_schema, table: c.table_name }));
+  if (opts.dryRun) {
+    await requireTablePrivileges(pool, tables, ['SELECT'], 'to count and sample the registered columns');
+    return dryRun(pool, opts, rows, primary, resumable);
+  }
+  await requireTablePrivileges(pool, tables, ['SELECT', 'UPDATE'], 'to re-encrypt the registered columns');
+  await requireTemporaryTables(pool, 'to stage the re-encrypted values');
 
   const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid), MAINTENANCE_LOCK);
   try {
