@@ -12,7 +12,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { renderTable } from '../src/cli/render';
 import { IOStreams } from '../src/cli/io';
-import { formatDuration } from '../src/core/rotation/util';
+import { formatDuration } from '../src/core/rewrite/util';
 import { SUPPORTED_MAJORS } from './lib/embedded-postgres';
 
 const ROOT = path.resolve(__dirname, '../..');
