@@ -16,12 +16,17 @@ export interface CliOptions {
   input?: string;
   timeoutMs?: number;
   cwd?: string;
+  /** Run this executable (e.g. the packaged single executable) instead of the source build. */
+  executable?: string;
+  /** Start from an empty environment instead of this process's (NO_COLOR and env still apply). */
+  cleanEnv?: boolean;
 }
 
 export function spawnCli(args: string[], opts: CliOptions = {}): ChildProcess {
-  const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1', ...opts.env };
+  const env: NodeJS.ProcessEnv = { ...(opts.cleanEnv ? {} : process.env), NO_COLOR: '1', ...opts.env };
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
   const options: SpawnOptions = { env, cwd: opts.cwd, stdio: ['pipe', 'pipe', 'pipe'] };
+  if (opts.executable) return spawn(opts.executable, args, options);
   return spawn(process.execPath, [BIN, ...args], options);
 }
 

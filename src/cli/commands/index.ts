@@ -8,6 +8,7 @@ import * as keys from './keys';
 import * as backup from './backup';
 import * as rotate from './rotate';
 import * as byok from './byok';
+import * as completion from './completion';
 
 /** Every command, in the order `--help` lists them. */
 export function registerCommands(program: Command, run: Runner): void {
@@ -19,4 +20,5 @@ export function registerCommands(program: Command, run: Runner): void {
   backup.register(program, run);
   rotate.register(program, run);
   byok.register(program, run);
+  completion.register(program, run);
 }

@@ -2,6 +2,10 @@
  * The main thread's end of a pass's reader thread (reader-worker.ts): starts it with the pass
  * description as is and yields the chunks it posts. Each chunk taken acknowledges one, letting
  * the reader run a little ahead of the writer.
+ *
+ * In the build the thread runs reader-worker.js beside this module. Inside the single
+ * executable (`npm run package`) there is no such file: the packager bundles the reader on its
+ * own and keeps it as the executable's asset READER_WORKER_ASSET, and the thread evaluates it.
  */
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -11,10 +15,33 @@ import { EncodedChunk } from './chunk-encoder';
 import { PassDescription } from './pass';
 import { reviveWorkerError, serialiseWorkerError, WorkerErrorData } from './worker-messages';
 
-const READER_WORKER = path.join(__dirname, 'reader-worker.js');
+/** The name of the bundled reader among the single executable's assets. */
+export const READER_WORKER_ASSET = 'reader-worker.js';
+
+let bundledReader: string | null | undefined;
+
+/** The bundled reader's code when this process is the single executable, else null. */
+function bundledReaderCode(): string | null {
+  if (bundledReader !== undefined) return bundledReader;
+  let sea: typeof import('node:sea') | undefined;
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-var-requires
+    sea = require('node:sea');
+  } catch {
+    sea = undefined;
+  }
+  bundledReader = sea?.isSea() ? sea.getAsset(READER_WORKER_ASSET, 'utf8') : null;
+  return bundledReader;
+}
+
+function startReaderThread(workerData: unknown): Worker {
+  const code = bundledReaderCode();
+  if (code !== null) return new Worker(code, { eval: true, workerData });
+  return new Worker(path.join(__dirname, 'reader-worker.js'), { workerData });
+}
 
 export async function* chunksFromReader(pool: Pool, pass: PassDescription): AsyncGenerator<EncodedChunk> {
-  const worker = new Worker(READER_WORKER, { workerData: { config: connectionConfigOf(pool), pass } });
+  const worker = startReaderThread({ config: connectionConfigOf(pool), pass });
   type Message =
     | { type: 'chunk'; chunk: Omit<EncodedChunk, 'pieces'> & { pieces: Array<{ buffer: ArrayBuffer; offset: number; length: number }> } }
     | { type: 'done' }
