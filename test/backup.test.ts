@@ -197,7 +197,7 @@ describe('a backup', () => {
     expect(r.json.offline).toBe(true);
     expect(r.json.keys).toEqual([expect.objectContaining({ version: 1, ok: true, stateNow: null })]);
     const otherKey = path.join(inst.dir, 'unrelated.key');
-    createMasterKeyFile(otherKey);
+    await createMasterKeyFile(otherKey);
     const bad = await runCliJson(['backup', 'verify', '--offline', first.file], { env: { ...noDb, ALATION_KEYS_MASTER_KEY_FILE: otherKey } });
     expect(bad.code).toBe(5);
     expect(bad.json.keys[0]).toMatchObject({ ok: false, detail: expect.stringMatching(/master key mk_\w+ .*is not in/) });

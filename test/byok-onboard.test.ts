@@ -259,6 +259,33 @@ describe('byok onboard', () => {
 
     server.setKeyState(keyArn, 'Disabled');
     await expectAllValuesDecrypt(await freshKeyring());
+    // The replaced key is recorded: DEKs in backups taken before may still name it.
+    expect(settings.aws_previous_key_arns).toEqual([keyArn]);
+    server.setKeyState(keyArn, 'Enabled');
+  });
+
+  test('a keyring row naming a KMS key that is neither the configured one nor a replaced one is never sent to KMS (exit 5)', async () => {
+    const v1 = (await readKeyring(inst.db.pool)).find((k) => k.version === 1)!;
+    const foreign = server.createKey({ description: 'someone else\'s key' }).arn;
+    server.resetCounters();
+    try {
+      await inst.db.query('UPDATE alation_keys.keyring SET kek_id = $1 WHERE version = 1', [foreign]);
+      const err = await openKeyring({ pool: inst.db.pool, refreshSeconds: 3600 }).catch((e) => e);
+      expect(err.exitCode).toBe(5);
+      expect(err.message).toContain(`data key v1 names KMS key ${foreign}, which is neither the configured key`);
+      const r = await runCli(['rotate', '--dry-run'], { env: env() });
+      expect(r.code).toBe(5);
+      expect(server.requests.filter((q) => q.operation === 'Decrypt' && JSON.stringify(q).includes(foreign))).toEqual([]);
+      // A key replaced before is still accepted (old backups name it).
+      await inst.db.query('UPDATE alation_keys.keyring SET kek_id = $1 WHERE version = 1', [keyArn]);
+      const old = await openKeyring({ pool: inst.db.pool, refreshSeconds: 3600 }).catch((e) => e);
+      // Sent to KMS this time, which refuses: v1 is wrapped under the new key, not the old one.
+      expect(old).toBeInstanceOf(Error);
+      expect(old.message).not.toContain('neither the configured key');
+      expect(server.requests.some((q) => q.operation === 'Decrypt' && JSON.stringify(q).includes(keyArn))).toBe(true);
+    } finally {
+      await inst.db.query('UPDATE alation_keys.keyring SET kek_id = $1 WHERE version = 1', [v1.kek_id]);
+    }
   });
 
   test('a keyring row KMS cannot decrypt is an integrity error (exit 5) naming the version; nothing changes', async () => {

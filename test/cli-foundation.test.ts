@@ -142,7 +142,7 @@ describe('init, columns, status, jobs through the real binary', () => {
     const r0 = await runCli(['init'], { env: { ...env, ALATION_KEYS_DATABASE_URL: 'postgresql://127.0.0.1:1/x', ALATION_KEYS_MASTER_KEY_FILE: other } });
     expect(r0.code).toBe(1);
     expect(r0.stderr).toContain('cannot connect to the database');
-    require('../src/kms/master-key-file').createMasterKeyFile(other);
+    await require('../src/kms/master-key-file').createMasterKeyFile(other);
     const r = await runCli(['init', '--master-key-file', other], { env });
     expect(r.code).toBe(4);
     expect(r.stderr).toMatch(/master key mk_[0-9a-f]+ \(wrapping data key v1\) is not in/);

@@ -178,4 +178,19 @@ describe('contexts and removed columns', () => {
     expect(again.code).toBe(0);
     expect(again.json.column).toMatchObject({ context: 'public.t.spare', state: 'encrypted' });
   });
+
+  test('a registered column whose type changed since registration: rotate exit 3 naming column and type; status flags it', async () => {
+    await db.query(`ALTER TABLE public.t ALTER COLUMN "Mixed Case" TYPE integer USING NULL`);
+    try {
+      const r = await runCli(['rotate', '--skip-backup-check', '--settle-time', '0'], { env });
+      expect(r.code).toBe(3);
+      expect(r.stderr).toContain('registered column public.t."Mixed Case" was text at registration but is now of type integer');
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+      const status = await runCliJson(['status', '--no-provider-check'], { env });
+      expect(status.json.attention.join('\n')).toContain('public.t."Mixed Case" was text at registration but is now of type integer');
+      expect((await db.query('SELECT count(*)::int AS n FROM alation_keys.keyring')).rows[0].n).toBe(1);
+    } finally {
+      await db.query(`ALTER TABLE public.t ALTER COLUMN "Mixed Case" TYPE text`);
+    }
+  });
 });

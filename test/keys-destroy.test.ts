@@ -8,10 +8,13 @@ import * as path from 'node:path';
 import { Client } from 'pg';
 import { createInstallation, Installation } from './support/fixtures';
 import { runCli, runCliJson } from './support/cli';
-import { verifyRosemeta } from '../scripts/lib/rosemeta';
+import { DOCUMENTS, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { addPrimaryDataKeyInTransaction } from '../src/core/keyring';
 import { LocalKeyProvider } from '../src/kms';
-import { createMasterKeyFile } from '../src/kms/master-key-file';
+import { createMasterKeyFile, readMasterKeyFile } from '../src/kms/master-key-file';
+import { parseDumpKeyring } from '../src/core/backup-catalog';
+import { unwrapDataKey } from '../src/crypto/wrap';
+import { execFileSync } from 'node:child_process';
 // Every test here takes or reads backups: skipped, with the reason, where no pg_dump fits the server.
 import { describeWithPgDump as describe, testWithPgDump as test } from './support/pg-dump';
 
@@ -101,7 +104,7 @@ describe('keys destroy refuses (exit 3, nothing changes)', () => {
     await c.connect();
     try {
       await c.query('SELECT pg_advisory_lock($1, $2)', [0x414b4559, 1]);
-      const r = await runCli(['keys', 'destroy', '1', '--yes'], { env: inst.env });
+      const r = await runCli(['keys', 'destroy', '1', '--force', '--yes'], { env: inst.env });
       expect(r.code).toBe(3);
       expect(r.stderr).toMatch(/maintenance lock/);
       expect((await keyRow(1)).state).toBe('retired');
@@ -117,23 +120,40 @@ describe('keys destroy refuses (exit 3, nothing changes)', () => {
     expect(r.stderr).toMatch(/there is no data key v99/);
   });
 
-  test('without a terminal and without --yes: exit 2, after warning about the backups', async () => {
-    const r = await runCli(['keys', 'destroy', '1'], { env: inst.env });
+  test('while a recorded backup younger than --backup-retention needs it, naming the backup', async () => {
+    const r = await runCli(['keys', 'destroy', '1', '--yes'], { env: inst.env });
+    expect(r.code).toBe(3);
+    expect(r.stderr).toContain(`1 recorded backup(s) younger than the retention need data key v1: job ${preRotation.jobId}`);
+    expect(r.stderr).toContain(preRotation.file);
+    expect(r.stderr).toContain('--force');
+    expect((await keyRow(1)).state).toBe('retired');
+  });
+
+  test('without a terminal and without --yes: exit 2, after saying what still holds the key', async () => {
+    const r = await runCli(['keys', 'destroy', '1', '--force'], { env: inst.env });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/confirmation needed/);
-    expect(r.stderr).toMatch(/1 recorded backup\(s\) need data key v1/);
+    expect(r.stderr).toMatch(/1 backup\(s\) within the retention need data key v1/);
     expect((await keyRow(1)).state).toBe('retired');
   });
 });
 
-test('keys destroy warns, listing the backups that need the key, then destroys it', async () => {
-  const r = await runCli(['keys', 'destroy', '1', '--yes'], { env: inst.env });
+test('keys destroy --force says which dumps still hold the key (and under which master key), then destroys it', async () => {
+  const masterKeysBefore = readMasterKeyFile(inst.masterKeyFile).keys.map((k) => k.id);
+  const r = await runCli(['keys', 'destroy', '1', '--force', '--yes'], { env: inst.env });
   expect(r.code).toBe(0);
-  expect(r.stderr).toMatch(/1 recorded backup\(s\) need data key v1/);
-  expect(r.stderr).toContain(`job ${preRotation.jobId}`);
+  expect(r.stderr).toMatch(/still holding data key v1 after this \(wrapped\)/);
+  expect(r.stderr).toContain(`backup job ${preRotation.jobId}`);
   expect(r.stderr).toContain(preRotation.file);
-  expect(r.stderr).not.toContain(postRotation.file);
+  expect(r.stderr).toContain(`backup job ${postRotation.jobId}`);
+  expect(r.stderr).toContain(postRotation.file);
+  expect(r.stderr).toContain(`wrapped under ${masterKeysBefore[0]}, needed to restore it`);
   expect(r.stdout).toMatch(/destroyed data key v1/);
+  // The remaining keys were re-wrapped under a new master key.
+  const after = readMasterKeyFile(inst.masterKeyFile).keys.map((k) => k.id);
+  expect(after.slice(0, masterKeysBefore.length)).toEqual(masterKeysBefore);
+  expect(after).toHaveLength(masterKeysBefore.length + 1);
+  expect((await inst.db.query(`SELECT kek_id FROM alation_keys.keyring WHERE version = 2`)).rows[0].kek_id).toBe(after[after.length - 1]);
   const row = await keyRow(1);
   expect(row.state).toBe('destroyed');
   expect(row.wrapped_key).toBeNull();
@@ -172,7 +192,7 @@ test('verify: the backup that needs the destroyed key fails with exit 5; the lat
 
 test('verify fails (exit 5) when the master key that wraps a needed key is not in the master key file', async () => {
   const other = path.join(inst.dir, 'other.key');
-  createMasterKeyFile(other);
+  await createMasterKeyFile(other);
   const r = await runCliJson(['backup', 'verify', postRotation.file], { env: { ...inst.env, ALATION_KEYS_MASTER_KEY_FILE: other } });
   expect(r.code).toBe(5);
   expect(r.json.keys[0].detail).toMatch(/master key mk_[0-9a-f]+ .* is not in/);
@@ -188,4 +208,68 @@ test('an active key is refused too', async () => {
   const s = await runCliJson(['status', '--no-provider-check'], { env: inst.env });
   expect(s.json.lastBackup.predatesPrimary).toBe(true);
   expect(s.json.attention.join('\n')).toMatch(/predates the primary data key v3/);
+});
+
+/** The wrapped bytes of DEK `version` inside a dump, as pg_restore gives them back. */
+function wrappedInDump(file: string, version: number): { wrapped: Buffer; kekId: string } {
+  const sql = execFileSync('pg_restore', ['--data-only', '--schema=alation_keys', '--table=keyring', '--file=-', file], { encoding: 'utf8' });
+  const row = parseDumpKeyring(sql).find((k) => k.version === version);
+  if (!row?.wrapped) throw new Error(`v${version} not in ${file}`);
+  return { wrapped: row.wrapped, kekId: row.kekId };
+}
+
+test('after destroy + prune-master-keys, no master key left in the file unwraps the destroyed key taken from either earlier dump', async () => {
+  const fromDumps = [wrappedInDump(preRotation.file, 1), wrappedInDump(postRotation.file, 1)];
+  // Before the prune the dumps' master keys are still in the file: the destroyed key is recoverable.
+  const before = readMasterKeyFile(inst.masterKeyFile);
+  for (const d of fromDumps) {
+    const mk = before.keys.find((k) => k.id === d.kekId)!;
+    expect(unwrapDataKey(mk.material, 1, d.wrapped)).toHaveLength(32);
+  }
+  // The post-rotation backup is within the 30-day retention and needs v2 under its master key.
+  const dry = await runCliJson(['keys', 'prune-master-keys', '--dry-run'], { env: inst.env });
+  expect(dry.code).toBe(0);
+  expect(dry.json.removable).toEqual([fromDumps[0].kekId]);
+  expect(dry.json.neededByBackups).toEqual([fromDumps[1].kekId]);
+  const noConfirm = await runCli(['keys', 'prune-master-keys', '--backup-retention', '0s'], { env: inst.env });
+  expect(noConfirm.code).toBe(2);
+  expect(readMasterKeyFile(inst.masterKeyFile).keys).toHaveLength(before.keys.length);
+
+  const r = await runCliJson(['keys', 'prune-master-keys', '--backup-retention', '0s', '--yes'], { env: inst.env });
+  expect(r.code).toBe(0);
+  expect(r.json.removed.sort()).toEqual([...new Set(fromDumps.map((d) => d.kekId))].sort());
+  const after = readMasterKeyFile(inst.masterKeyFile);
+  expect(after.keys.length).toBeGreaterThan(0);
+  for (const d of fromDumps) {
+    for (const mk of after.keys) expect(() => unwrapDataKey(mk.material, 1, d.wrapped)).toThrow(/failed to authenticate/);
+  }
+  // Everything the database still uses decrypts.
+  await inst.keyring.refresh();
+  const report = await verifyRosemeta(inst.db.pool, inst.keyring, inst.shape!);
+  expect(report.mismatched).toEqual([]);
+  const again = await runCliJson(['keys', 'prune-master-keys', '--backup-retention', '0s', '--yes'], { env: inst.env });
+  expect(again.json.removed).toEqual([]);
+});
+
+test('remove a column that holds values (--force), rotate, destroy: refused, naming the removed column; re-added, its values still decrypt', async () => {
+  const before = (await inst.db.query(`SELECT context FROM alation_keys.encrypted_columns WHERE table_name = 'documents'`)).rows[0].context;
+  const removed = await runCli(['columns', 'remove', DOCUMENTS, '--force', '--yes'], { env: inst.env });
+  expect(removed.code).toBe(0);
+  const rotated = await runCliJson(['rotate', '--skip-backup-check', '--settle-time', '0'], { env: inst.env });
+  expect(rotated.code).toBe(0);
+  const used = (await inst.db.query(`SELECT DISTINCT version FROM alation_keys.keyring WHERE state = 'retired' ORDER BY version`)).rows.map((r) => r.version);
+  expect(used).toEqual([2, 3]);
+  // The removed column's values still use v2, which rotate retired: destroy must see them.
+  const r = await runCli(['keys', 'destroy', '2', '--force', '--yes'], { env: inst.env });
+  expect(r.code).toBe(3);
+  expect(r.stderr).toMatch(new RegExp(`value\\(s\\) still use data key v2: ${DOCUMENTS.replace(/\./g, '\\.')} \\(removed\\) \\d+`));
+  expect(r.stderr).toContain('re-add the removed column');
+  expect((await keyRow(2)).state).toBe('retired');
+  const again = await runCliJson(['columns', 'add', DOCUMENTS], { env: inst.env });
+  expect(again.code).toBe(0);
+  expect(again.json.column.context).toBe(before);
+  await inst.keyring.refresh();
+  const report = await verifyRosemeta(inst.db.pool, inst.keyring, inst.shape!);
+  expect(report.mismatched).toEqual([]);
+  expect(report.missing).toEqual([]);
 });

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { Pool } from 'pg';
 import { PreconditionError, UsageError } from '../errors';
 import { requireInitialised } from '../db/migrations';
+import { Queryable } from '../db/transaction';
 import { createKeyProvider, LocalKeyProvider } from '../kms';
 import { resolveMasterKeyPath } from '../kms/master-key-file';
 import { KeyProvider } from '../kms/provider';
@@ -101,6 +102,54 @@ export async function backupsNeedingKey(pool: Pool, version: number): Promise<Ba
     [version],
   );
   return r.rows.map(entryOf);
+}
+
+/** A recorded backup whose dump holds DEK `version` (wrapped), needed by it or not. */
+export interface BackupHoldingKey extends BackupListEntry {
+  /** Values in the dump may use the DEK (it was primary or active at the snapshot). */
+  needs: boolean;
+  /** Master key id (or KMS key ARN) that wraps the DEK inside that dump. */
+  kekId: string;
+}
+
+/** Succeeded backups whose dump holds DEK `version` still wrapped (not yet destroyed at the snapshot), newest first. */
+export async function backupsHoldingKey(db: Queryable, version: number): Promise<BackupHoldingKey[]> {
+  const r = await db.query(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
+      WHERE kind = 'backup' AND state = 'succeeded'
+        AND detail->'manifest'->'keys'->'deks' @> jsonb_build_array(jsonb_build_object('version', $1::int))
+      ORDER BY id DESC`,
+    [version],
+  );
+  const out: BackupHoldingKey[] = [];
+  for (const j of r.rows) {
+    const dek = (j.detail.manifest as BackupManifest).keys.deks.find((d) => d.version === version);
+    if (!dek || dek.state === 'destroyed') continue;
+    out.push({ ...entryOf(j), needs: dek.needed, kekId: dek.kek_id });
+  }
+  return out;
+}
+
+/**
+ * The KEKs that recorded backups finished since `since` need to restore their DEKs (those
+ * DEKs not destroyed since), and every KEK id any recorded backup names.
+ */
+export async function kekIdsOfBackups(db: Queryable, since: Date): Promise<{ needed: Set<string>; recorded: Set<string> }> {
+  const r = await db.query<{ finished_at: Date; deks: BackupManifest['keys']['deks'] | null }>(
+    `SELECT finished_at, detail->'manifest'->'keys'->'deks' AS deks FROM alation_keys.jobs WHERE kind = 'backup' AND state = 'succeeded'`,
+  );
+  const destroyed = new Set(
+    (await db.query<{ version: number }>(`SELECT version FROM alation_keys.keyring WHERE state = 'destroyed'`)).rows.map((x) => x.version),
+  );
+  const needed = new Set<string>();
+  const recorded = new Set<string>();
+  for (const row of r.rows) {
+    for (const d of row.deks ?? []) {
+      recorded.add(d.kek_id);
+      if (d.needed && !destroyed.has(d.version) && row.finished_at >= since) needed.add(d.kek_id);
+    }
+  }
+  return { needed, recorded };
 }
 
 export interface VerifyCheck {

@@ -11,6 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { Pool, PoolClient } from 'pg';
 import { InterruptedError, OperationError, PreconditionError, UsageError } from '../errors';
 import { resolveConnectionConfig } from '../db/connection';
+import { nameTaken, openNewFile, refuseSharedWritableDirectory } from '../files/new-file';
 import { requireInitialised, schemaVersion } from '../db/migrations';
 import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
 import { resolveMasterKeyPath } from '../kms/master-key-file';
@@ -187,6 +188,8 @@ function prepareDir(dir: string): void {
   }
   const st = fs.statSync(dir);
   if (!st.isDirectory()) throw new PreconditionError(`backup location ${dir} is not a directory`);
+  // Others who may write here could plant a link where a dump or manifest is about to go.
+  refuseSharedWritableDirectory(dir, 'backup directory');
   try {
     fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
   } catch {
@@ -379,9 +382,8 @@ function chooseName(dir: string, database: string, at: Date): string {
   const base = `${safeFilePart(database)}-${fileTimestamp(at)}`;
   for (let i = 1; ; i++) {
     const name = i === 1 ? `${base}.dump` : `${base}-${i}.dump`;
-    const taken = [name, name + MANIFEST_SUFFIX, partialName(name), partialName(name + MANIFEST_SUFFIX)].some((n) =>
-      fs.existsSync(path.join(dir, n)),
-    );
+    // A dangling symbolic link is a taken name, not a free one.
+    const taken = [name, name + MANIFEST_SUFFIX, partialName(name), partialName(name + MANIFEST_SUFFIX)].some((n) => nameTaken(path.join(dir, n)));
     if (!taken) return name;
   }
 }
@@ -516,7 +518,7 @@ async function dumpWithSnapshot(
     if (ctx.dumpFormat === 'directory') args.push(`--jobs=${opts.jobs}`);
     else {
       // Created here with mode 0600: pg_dump would create it with the umask's mode.
-      fs.closeSync(fs.openSync(partialPath, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600));
+      fs.closeSync(openNewFile(partialPath, 0o600));
     }
     const toolEnv = pgToolEnv(resolveConnectionConfig({ databaseUrl: opts.databaseUrl, command: 'backup', env: opts.env }), {
       applicationName: pgDumpApplicationName(job.id),
@@ -580,7 +582,7 @@ async function dumpWithSnapshot(
         created_by: { tool: 'alation-keys', version: toolVersion(), actor: currentActor() },
       };
       const text = JSON.stringify(manifest, null, 2) + '\n';
-      const mfd = fs.openSync(manifestPartial, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_TRUNC, 0o644);
+      const mfd = openNewFile(manifestPartial, 0o644);
       try {
         fs.writeFileSync(mfd, text);
         fs.fsyncSync(mfd);
@@ -588,7 +590,7 @@ async function dumpWithSnapshot(
         fs.closeSync(mfd);
       }
       if (opts.signal?.aborted) throw new InterruptedError('interrupted');
-      if (fs.existsSync(finalPath) || fs.existsSync(manifestPath)) {
+      if (nameTaken(finalPath) || nameTaken(manifestPath)) {
         throw new OperationError(`${finalPath} appeared while the backup ran; not overwriting it`);
       }
       fs.renameSync(partialPath, finalPath);

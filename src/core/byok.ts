@@ -615,6 +615,10 @@ export async function applyOnboarding(
         await writeSetting(tx, 'aws', aws);
         await writeSetting(tx, 'byok_enabled_at', enabledAt);
         if (plan.replace) await writeSetting(tx, 'byok_replaced_at', now);
+        if (plan.replace && plan.fromKeyArn && plan.fromKeyArn !== aws.key_arn) {
+          const previous = settings.aws_previous_key_arns ?? [];
+          if (!previous.includes(plan.fromKeyArn)) await writeSetting(tx, 'aws_previous_key_arns', [...previous, plan.fromKeyArn]);
+        }
         await finishJob(tx, job.id, 'succeeded', undefined, { rewrapped, versions });
         return { rewrapped, versions, enabledAt };
       });

@@ -176,6 +176,46 @@ async function refuseTakenContext(db: Queryable, display: string, context: strin
   throw new PreconditionError(message, { hint: `register ${display} with a --context of its own` });
 }
 
+/**
+ * Why a registered column can no longer be read as registered: its table or column is gone,
+ * or its type changed since registration (exit 3 naming column and type). Undefined when fine.
+ */
+export interface ColumnProblem {
+  /** The table or the column was dropped (it holds nothing any more). */
+  gone: boolean;
+  error: PreconditionError;
+}
+
+export async function columnTypeProblem(db: Queryable, col: EncryptedColumn): Promise<ColumnProblem | undefined> {
+  const name = formatColumnName(col);
+  const r = await db.query<{ type: string | null }>(
+    `SELECT (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+              WHERE a.attrelid = c.oid AND a.attname = $3 AND a.attnum > 0 AND NOT a.attisdropped) AS type
+       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 AND c.relname = $2`,
+    [col.table_schema, col.table_name, col.column_name],
+  );
+  if (r.rowCount === 0 || r.rows[0].type === null) {
+    const error = new PreconditionError(`registered column ${name} no longer exists`, {
+      hint: `unregister it with \`alation-keys columns remove ${name}\`, or restore the column`,
+    });
+    return { gone: true, error };
+  }
+  const type = r.rows[0].type;
+  if (type !== col.storage) {
+    const error = new PreconditionError(`registered column ${name} was ${col.storage} at registration but is now of type ${type}`, {
+      hint: `change it back (ALTER TABLE … ALTER COLUMN … TYPE ${col.storage}), or remove and re-add the column`,
+    });
+    return { gone: false, error };
+  }
+  return undefined;
+}
+
+/** Throws exit 3 when a registered column is gone or changed type (see columnTypeProblem). */
+export async function requireColumnType(db: Queryable, col: EncryptedColumn): Promise<void> {
+  const problem = await columnTypeProblem(db, col);
+  if (problem) throw problem.error;
+}
+
 /** Envelopes in the column (plaintext and NULLs are not counted). */
 export async function countEncryptedValues(db: Queryable, col: EncryptedColumn): Promise<number> {
   return (await censusColumn(db, col)).envelopes;

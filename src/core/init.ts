@@ -39,7 +39,7 @@ export async function initialise(pool: Pool, opts: { masterKeyFile?: string } = 
             hint: 'restore the master key file from your key backup, or pass --master-key-file with its path',
           });
         }
-        createMasterKeyFile(masterKeyFile);
+        await createMasterKeyFile(masterKeyFile);
         masterKeyFileCreated = true;
       } else {
         // Validates mode and content (exit 4 naming the fix) before anything relies on it.

@@ -77,6 +77,12 @@ export async function addPrimaryDataKey(
  * Re-wraps every non-destroyed DEK under `to` (in the caller's transaction). `from`
  * unwraps the current wrapping. Nothing is written if any DEK fails.
  */
+/** The KEK ids that wrap the keyring's DEKs now (destroyed ones excluded). */
+export async function liveKekIds(db: Queryable): Promise<string[]> {
+  const r = await db.query<{ kek_id: string }>(`SELECT DISTINCT kek_id FROM alation_keys.keyring WHERE state <> 'destroyed' ORDER BY kek_id`);
+  return r.rows.map((x) => x.kek_id);
+}
+
 export async function rewrapKeyring(db: Queryable, from: KeyProvider, to: KeyProvider): Promise<number> {
   await db.query('LOCK TABLE alation_keys.keyring IN SHARE ROW EXCLUSIVE MODE');
   const rows = (await readKeyring(db)).filter((r) => r.state !== 'destroyed' && r.wrapped_key);

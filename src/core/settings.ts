@@ -13,6 +13,8 @@ export interface Settings {
   kek_provider?: KekProviderKind;
   aws?: AwsSettings;
   byok_enabled_at?: string;
+  /** The KMS key ARNs replaced by `byok onboard --replace`, oldest first. */
+  aws_previous_key_arns?: string[];
   [key: string]: unknown;
 }
 

@@ -3,8 +3,9 @@ import { Pool } from 'pg';
 import { requireInitialised } from '../db/migrations';
 import { createKeyProvider, ProviderOptions } from '../kms';
 import { censusColumn, ColumnCensus } from './census';
-import { EncryptedColumn, listColumns } from './columns';
+import { columnTypeProblem, EncryptedColumn, listColumns } from './columns';
 import { Headroom, HeadroomOptions, measureHeadroom } from './headroom';
+import { formatColumnName } from './identifiers';
 import { JobRecord, lastSucceededJob, listJobs, markOrphanedJobs } from './jobs';
 import { KeyringRow, readKeyring } from './keyring';
 import { readSettings, Settings } from './settings';
@@ -21,6 +22,8 @@ export interface ColumnVersionCounts {
   /** Non-NULL values that are not envelopes. */
   plaintext: number;
   nulls: number;
+  /** The column was dropped or changed type since registration: not counted. */
+  problem?: string;
 }
 
 export interface KeyStatus {
@@ -55,6 +58,10 @@ export function versionCounts(c: ColumnCensus): ColumnVersionCounts {
 }
 
 export async function countVersions(pool: Pool, col: EncryptedColumn): Promise<ColumnVersionCounts> {
+  const problem = await columnTypeProblem(pool, col);
+  if (problem) {
+    return { column: formatColumnName(col), storage: col.storage, state: col.state, versions: {}, malformed: 0, plaintext: 0, nulls: 0, problem: problem.error.message };
+  }
   return versionCounts(await censusColumn(pool, col));
 }
 
@@ -98,6 +105,7 @@ export async function collectStatus(
 
   const known = new Map(keyring.map((k) => [String(k.version), k.state]));
   for (const c of counts) {
+    if (c.problem) attention.push(c.problem);
     if (c.malformed > 0) attention.push(`${c.column}: ${c.malformed} value(s) look like envelopes but are malformed; run \`alation-keys verify ${c.column}\``);
     if (c.plaintext > 0 && c.state === 'encrypted') {
       attention.push(`${c.column}: ${c.plaintext} plaintext value(s) in an encrypted column; run \`alation-keys verify ${c.column}\`, then \`alation-keys encrypt ${c.column}\``);

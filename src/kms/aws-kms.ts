@@ -29,6 +29,8 @@ export interface AwsKmsProviderOptions {
   external_id: string;
   installationId: string;
   profile?: string;
+  /** Key ARNs this installation used before a `byok onboard --replace`: DEKs (in old backups) may name them. */
+  previousKeyArns?: string[];
 }
 
 export interface AwsCredentials {
@@ -431,6 +433,15 @@ export class AwsKmsKeyProvider implements KeyProvider {
   }
 
   async unwrapDataKey(version: number, wrappedKey: Buffer, kekId: string): Promise<Buffer> {
+    // A keyring row is data: a KeyId it names is sent to KMS only when it is this
+    // installation's key (or one it replaced), never a key someone wrote into the row.
+    if (kekId !== this.opts.key_arn && !(this.opts.previousKeyArns ?? []).includes(kekId)) {
+      throw new IntegrityError(
+        `data key v${version} names KMS key ${kekId}, which is neither the configured key ${this.opts.key_arn} nor one it replaced; not sent to KMS`,
+        { version },
+        { hint: 'the keyring row was changed outside alation-keys: restore alation_keys.keyring from a backup' },
+      );
+    }
     let out;
     try {
       // KeyId pins the key: KMS refuses a ciphertext of any other key.
@@ -466,6 +477,14 @@ export class AwsKmsKeyProvider implements KeyProvider {
       throw new ProviderError(`KMS ${op} answered with key ${keyId}, not ${this.opts.key_arn}`);
     }
   }
+
+  /** KMS rotates its own key material: a rotation wraps the new DEK under the same key. */
+  async addKekVersion(): Promise<null> {
+    return null;
+  }
+
+  /** Nothing to zero: the key material stays in KMS. */
+  dispose(): void {}
 
   destroy(): void {
     this.kms.destroy();

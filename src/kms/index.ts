@@ -14,6 +14,8 @@ export interface ProviderSettings {
   installation_id?: string;
   kek_provider?: KekProviderKind;
   aws?: { region: string; key_arn: string; role_arn: string; external_id: string };
+  /** KMS key ARNs replaced by `byok onboard --replace`: old backups' DEKs may name them. */
+  aws_previous_key_arns?: string[];
 }
 
 /** The provider this installation's settings name (local unless BYOK was onboarded). */
@@ -28,7 +30,12 @@ export function createKeyProvider(settings: ProviderSettings, opts: ProviderOpti
     }
     // Loaded on demand: the AWS SDK is large, and only BYOK installations need it.
     const { createAwsKmsKeyProvider } = require('./aws-kms') as typeof import('./aws-kms');
-    return createAwsKmsKeyProvider({ ...settings.aws, installationId: settings.installation_id, profile: opts.awsProfile });
+    return createAwsKmsKeyProvider({
+      ...settings.aws,
+      installationId: settings.installation_id,
+      profile: opts.awsProfile,
+      previousKeyArns: settings.aws_previous_key_arns,
+    });
   }
   throw new PreconditionError(`unknown kek_provider "${String(kind)}" in alation_keys.settings`);
 }

@@ -1,6 +1,15 @@
 import { IntegrityError, ProviderError } from '../errors';
 import { generateDataKey, unwrapDataKey, wrapDataKey, WrappedKeyError } from '../crypto/wrap';
-import { currentMasterKey, findMasterKey, MasterKeyFile, readMasterKeyFile } from './master-key-file';
+import {
+  appendMasterKey,
+  currentMasterKey,
+  findMasterKey,
+  forgetMasterKeys,
+  MasterKeyFile,
+  newMasterKey,
+  readMasterKeyFile,
+  RewriteHooks,
+} from './master-key-file';
 import { GeneratedDataKey, KeyProvider, WrappedDataKey } from './provider';
 
 /** Wraps DEKs under the current key of the local master key file. */
@@ -18,7 +27,27 @@ export class LocalKeyProvider implements KeyProvider {
 
   /** Re-reads the file (another process may have added a master key version). */
   reload(): void {
+    const old = this.file;
     this.file = readMasterKeyFile(this.filePath);
+    forgetMasterKeys(old);
+  }
+
+  /**
+   * A new master key, appended to the file under its lock and read back (SPEC 2.1); DEKs
+   * wrapped from now on use it. Returns its id.
+   */
+  async addKekVersion(hooks: RewriteHooks = {}): Promise<string> {
+    const mk = newMasterKey();
+    const old = this.file;
+    this.file = await appendMasterKey(this.filePath, mk, hooks);
+    forgetMasterKeys(old);
+    return currentMasterKey(this.file).id;
+  }
+
+  /** Zeroes the master keys held in memory; the provider is unusable afterwards. */
+  dispose(): void {
+    forgetMasterKeys(this.file);
+    this.file = { path: this.filePath, keys: [] };
   }
 
   currentKekId(): string {

@@ -21,4 +21,11 @@ export interface KeyProvider {
   unwrapDataKey(version: number, wrappedKey: Buffer, kekId: string): Promise<Buffer>;
   /** Proves the provider answers now (cheap). Throws ProviderError otherwise. */
   checkReachable(): Promise<void>;
+  /**
+   * Starts a new KEK version that DEKs are re-wrapped under during a rotation and returns its
+   * id, or null when the provider rotates its key material itself (KMS).
+   */
+  addKekVersion(hooks?: { beforeLock?: () => Promise<void>; inRewriteWindow?: () => Promise<void> }): Promise<string | null>;
+  /** Zeroes key material held in memory, where the provider holds any. */
+  dispose(): void;
 }

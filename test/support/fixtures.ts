@@ -23,10 +23,13 @@ export function tempDir(label: string): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), `alation-keys-${label}-`));
 }
 
-export async function createInstallation(label: string, opts: { values?: number; seed?: string } = {}): Promise<Installation> {
+export async function createInstallation(
+  label: string,
+  opts: { values?: number; seed?: string; /** Another installation's (shared) master key file. */ masterKeyFile?: string } = {},
+): Promise<Installation> {
   const db = await createTestDatabase(label);
   const dir = tempDir(label);
-  const masterKeyFile = path.join(dir, 'master.key');
+  const masterKeyFile = opts.masterKeyFile ?? path.join(dir, 'master.key');
   await initialise(db.pool, { masterKeyFile });
   await createRosemetaTables(db.pool);
   for (const c of ROSEMETA_COLUMNS) await addColumn(db.pool, c);

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { addColumn, countEncryptedValues, findColumn, listColumns, removeColumn } from '../../core/columns';
+import { addColumn, columnTypeProblem, countEncryptedValues, findColumn, listColumns, removeColumn } from '../../core/columns';
 import { formatColumnName } from '../../core/identifiers';
 import { countVersions } from '../../core/status';
 import { requireInitialised } from '../../db/migrations';
@@ -65,7 +65,10 @@ export function register(program: Command, run: Runner): void {
       await requireInitialised(ctx.pool);
       const col = await findColumn(ctx.pool, name);
       if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
-      const n = await countEncryptedValues(ctx.pool, col);
+      // A dropped column holds nothing; one whose type changed cannot be counted as registered.
+      const problem = await columnTypeProblem(ctx.pool, col);
+      if (problem && !problem.gone && !opts.force) throw problem.error;
+      const n = problem ? 0 : await countEncryptedValues(ctx.pool, col);
       if (n > 0 && !opts.force) {
         throw new PreconditionError(`${formatColumnName(col)} still holds ${n} encrypted value(s); unregistered, they would no longer be rotated`, {
           hint: 'decrypt or clear the values first, or pass --force to unregister anyway (`keys destroy` still counts them)',

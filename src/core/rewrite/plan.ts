@@ -4,7 +4,7 @@
  */
 import { Queryable, qualifiedName, quoteIdent } from '../../db/transaction';
 import { PreconditionError } from '../../errors';
-import { EncryptedColumn } from '../columns';
+import { EncryptedColumn, requireColumnType } from '../columns';
 import { formatColumnName } from '../identifiers';
 import { headerLiteralSql, storedPrefixLength as envelopePrefixLength, versionOfHeader } from '../../crypto/envelope-sql';
 import { headerExpr } from '../value-sql';
@@ -29,6 +29,7 @@ export interface VersionCount {
 }
 
 export async function planColumn(db: Queryable, col: EncryptedColumn, index: number): Promise<ColumnPlan> {
+  await requireColumnType(db, col);
   const r = await db.query<{ attname: string; type: string }>(
     `SELECT a.attname::text AS attname, format_type(a.atttypid, a.atttypmod) AS type
        FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace

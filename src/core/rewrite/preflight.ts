@@ -7,7 +7,7 @@ import { IntegrityError, InterruptedError, PreconditionError, ProviderError } fr
 import { createKeyProvider, ProviderOptions } from '../../kms';
 import { KeyProvider } from '../../kms/provider';
 import { censusColumn, ColumnCensus } from '../census';
-import { EncryptedColumn } from '../columns';
+import { EncryptedColumn, requireColumnType } from '../columns';
 import { describeFreeSpace, formatBytes, Headroom, HeadroomOptions, measureHeadroom } from '../headroom';
 import { JobRecord, lastSucceededJob, listJobs } from '../jobs';
 import { KeyringRow, unwrapKeyring } from '../keyring';
@@ -92,7 +92,10 @@ export async function openProvider(pool: Pool, providerOptions: ProviderOptions,
 
 export async function censusColumns(pool: Pool, cols: EncryptedColumn[]): Promise<ColumnCensus[]> {
   const out: ColumnCensus[] = [];
-  for (const c of cols) out.push(await censusColumn(pool, c));
+  for (const c of cols) {
+    await requireColumnType(pool, c);
+    out.push(await censusColumn(pool, c));
+  }
   return out;
 }
 

@@ -21,14 +21,13 @@ import { requireInitialised } from '../../db/migrations';
 import { requireTablePrivileges, requireTemporaryTables } from '../../db/privileges';
 import { IntegrityError, InterruptedError, OperationError, PreconditionError } from '../../errors';
 import { ProviderOptions } from '../../kms';
-import { LocalKeyProvider } from '../../kms/local';
-import { newMasterKey, writeMasterKeyFile } from '../../kms/master-key-file';
 import { KeyProvider } from '../../kms/provider';
 import { takeBackup } from '../backup';
 import { nonEnvelopeError, nonEnvelopeProblems } from '../census';
 import { listColumns } from '../columns';
 import { createJob, describeLockHolder, finishJob, getJob, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
-import { addPrimaryDataKey, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
+import { addPrimaryDataKey, liveKekIds, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
+import { masterKeyRewriteHooks } from '../test-hooks';
 import { ColumnState, initialState, nextPass, savedState, saveState, valuesBefore } from './checkpoint';
 import { converge, Convergence } from './convergence';
 import { dryRun, RotatePlan } from './dry-run';
@@ -238,28 +237,22 @@ async function createKeyAndJob(
     rowsTotal += rows;
     columns[p.name] = initialState(rows, bytes);
   }
-  let target = provider;
-  let newMasterKeyId: string | undefined;
-  if (provider instanceof LocalKeyProvider) {
-    // The new master key goes into the file BEFORE the transaction: a crash in between
-    // leaves only an unused key in the file, never a DEK wrapped under a key nobody has.
-    provider.reload();
-    const file = provider.masterKeyFile;
-    const mk = newMasterKey();
-    const next = { path: file.path, keys: [...file.keys, mk] };
-    writeMasterKeyFile(next);
-    target = new LocalKeyProvider(file.path, next);
-    newMasterKeyId = mk.id;
-  }
+  // A new master key (local provider) is in the file, read back and checked, BEFORE the
+  // transaction that re-wraps the DEKs under it: a crash in between leaves only an unused key
+  // in the file, never a DEK wrapped under a key nobody has.
+  const newMasterKeyId = await provider.addKekVersion(masterKeyRewriteHooks());
+  const target = provider;
   const result = await withTransaction(pool, async (tx) => {
-    const rewrapped = target === provider ? 0 : await rewrapKeyring(tx, target, target);
+    // Recorded so that `keys prune-master-keys` knows these master keys were this database's.
+    const rewrappedFrom = newMasterKeyId ? await liveKekIds(tx) : [];
+    const rewrapped = newMasterKeyId ? await rewrapKeyring(tx, target, target) : 0;
     const added = await addPrimaryDataKey(tx, target);
     const job = await createJob(tx, {
       kind: 'rotate',
       fromVersion: added.previousPrimary,
       toVersion: added.version,
       rowsTotal,
-      detail: { columns, kekId: target.currentKekId(), masterKeyAdded: newMasterKeyId ?? null, rewrapped },
+      detail: { columns, kekId: target.currentKekId(), masterKeyAdded: newMasterKeyId, rewrapped, rewrappedFrom },
     });
     return { job, dek: added.dek, rewrapped };
   });
