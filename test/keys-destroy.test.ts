@@ -14,7 +14,8 @@ import { LocalKeyProvider } from '../src/kms';
 import { createMasterKeyFile, readMasterKeyFile } from '../src/kms/master-key-file';
 import { parseDumpKeyring } from '../src/core/backup-catalog';
 import { unwrapDataKey } from '../src/crypto/wrap';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
+import * as os from 'node:os';
 // Every test here takes or reads backups: skipped, with the reason, where no pg_dump fits the server.
 import { describeWithPgDump as describe, testWithPgDump as test } from './support/pg-dump';
 
@@ -110,6 +111,29 @@ describe('keys destroy refuses (exit 3, nothing changes)', () => {
       expect((await keyRow(1)).state).toBe('retired');
     } finally {
       await c.end();
+    }
+  });
+
+  test('while a job whose client process is gone holds the lock: names the dead pid and pg_terminate_backend(pid)', async () => {
+    // A pid that was just used and has exited: the "client" of the orphaned job.
+    const gone = spawnSync(process.execPath, ['-e', '0']).pid!;
+    const c = new Client({ connectionString: inst.db.url, application_name: 'alation-keys/rotate' });
+    await c.connect();
+    const job = (
+      await inst.db.query(`INSERT INTO alation_keys.jobs (kind, state, actor) VALUES ('rotate', 'running', $1) RETURNING id`, [
+        `someone@${os.hostname()} pid ${gone}`,
+      ])
+    ).rows[0].id;
+    try {
+      await c.query('SELECT pg_advisory_lock($1, $2)', [0x414b4559, 1]);
+      const backend = (await c.query('SELECT pg_backend_pid() AS pid')).rows[0].pid;
+      const r = await runCli(['keys', 'destroy', '1', '--force', '--yes'], { env: inst.env });
+      expect(r.code).toBe(3);
+      expect(r.stderr).toContain(`its client process ${gone} on this host is gone`);
+      expect(r.stderr).toContain(`SELECT pg_terminate_backend(${backend})`);
+    } finally {
+      await c.end();
+      await inst.db.query('DELETE FROM alation_keys.jobs WHERE id = $1', [job]);
     }
   });
 

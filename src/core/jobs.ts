@@ -35,7 +35,7 @@ export function currentActor(): string {
     user = process.env.USER ?? 'unknown';
   }
   const sudo = process.env.SUDO_USER ? ` (sudo by ${process.env.SUDO_USER})` : '';
-  return `${user}@${os.hostname()}${sudo}`;
+  return `${user}@${os.hostname()} pid ${process.pid}${sudo}`;
 }
 
 export async function createJob(
@@ -157,7 +157,25 @@ export async function markOrphanedJobs(db: Queryable, opts: { holdingLock?: bool
   return r.rowCount ?? 0;
 }
 
-/** A human description of the job holding the maintenance lock, for lock-conflict errors. */
+/** Whether the process that recorded `actor` (`user@host pid N`) still runs: null when it cannot be told here. */
+function recordedClientAlive(actor: string): { pid: number; host: string; alive: boolean | null } | undefined {
+  const m = /@(\S+) pid (\d+)/.exec(actor);
+  if (!m) return undefined;
+  const pid = Number(m[2]);
+  if (m[1] !== os.hostname()) return { pid, host: m[1], alive: null };
+  try {
+    process.kill(pid, 0);
+    return { pid, host: m[1], alive: true };
+  } catch (err) {
+    return { pid, host: m[1], alive: (err as NodeJS.ErrnoException).code === 'EPERM' };
+  }
+}
+
+/**
+ * A human description of the job holding the maintenance lock, for lock-conflict errors: the
+ * job, the backend, whether the client process that recorded the job is still alive, and how
+ * to end a session whose client is gone.
+ */
 export async function describeLockHolder(pool: Pool, pid: number | undefined): Promise<string> {
   const running = await pool.query<JobRecord>(
     `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE state = 'running' ORDER BY id DESC LIMIT 1`,
@@ -172,5 +190,11 @@ export async function describeLockHolder(pool: Pool, pid: number | undefined): P
   const parts: string[] = [];
   if (job) parts.push(`job ${job.id} (${job.kind}, started ${job.started_at.toISOString()} by ${job.actor})`);
   if (proc) parts.push(`${proc.application_name || 'a session'}, backend pid ${pid}`);
-  return parts.join(', ') || `backend pid ${pid ?? 'unknown'}`;
+  let text = parts.join(', ') || `backend pid ${pid ?? 'unknown'}`;
+  const client = job ? recordedClientAlive(job.actor) : undefined;
+  if (client?.alive === false) text += `; its client process ${client.pid} on this host is gone`;
+  else if (client?.alive === true) text += `; its client process ${client.pid} on this host is still running`;
+  else if (client) text += `; its client process ${client.pid} ran on ${client.host} (check there whether it is alive)`;
+  if (pid && client?.alive !== true) text += `; if that client is gone, end the session with SELECT pg_terminate_backend(${pid})`;
+  return text;
 }

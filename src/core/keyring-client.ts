@@ -87,7 +87,11 @@ class KeyringClient implements Keyring {
     }
     // Destroyed keys are forgotten; new ones unwrapped; cached ones kept.
     const live = new Set(rows.filter((r) => r.state !== 'destroyed').map((r) => r.version));
-    for (const v of [...this.deks.keys()]) if (!live.has(v)) this.deks.delete(v);
+    for (const [v, k] of [...this.deks.entries()]) {
+      if (live.has(v)) continue;
+      k.fill(0);
+      this.deks.delete(v);
+    }
     await unwrapKeyring(rows, this.provider, this.deks);
     const primary = primaryOf(rows);
     if (!primary) throw new PreconditionError('the keyring has no primary data key', { hint: 'run `alation-keys init`' });
@@ -190,6 +194,7 @@ class KeyringClient implements Keyring {
   async close(): Promise<void> {
     for (const k of this.deks.values()) k.fill(0);
     this.deks.clear();
+    if (!this.opts.keyProvider) this.provider?.dispose();
     if (this.ownsPool) await this.pool.end();
   }
 }

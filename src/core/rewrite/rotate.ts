@@ -216,7 +216,13 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       deks.set(job.to_version!, newDek);
       kekId = created.kekId;
     }
-    return await runJob(pool, opts, events, { job, newDek, deks, plans, resumed, kekId, lock, backup });
+    try {
+      return await runJob(pool, opts, events, { job, newDek, deks, plans, resumed, kekId, lock, backup });
+    } finally {
+      // Key material is not left in memory longer than the job needs it.
+      for (const k of deks.values()) k.fill(0);
+      provider.dispose();
+    }
   } finally {
     await lock.release();
   }
