@@ -9,15 +9,14 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { UsageError } from '../errors';
-
-const NEW_FILE_FLAGS = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+import { fsyncDirectory, openNewFile } from './new-file';
 
 export function replaceFileAtomically(target: string, content: string | Buffer, mode: number): void {
   const dir = path.dirname(path.resolve(target));
   const temp = path.join(dir, `.${path.basename(target)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   let fd: number;
   try {
-    fd = fs.openSync(temp, NEW_FILE_FLAGS, mode);
+    fd = openNewFile(temp, mode);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     const why = code === 'ENOENT' ? `directory ${dir} does not exist` : code === 'EACCES' ? `no permission to create files in ${dir}` : `${code ?? err}`;
@@ -39,14 +38,5 @@ export function replaceFileAtomically(target: string, content: string | Buffer, 
     const code = (err as NodeJS.ErrnoException).code;
     throw new UsageError(`cannot write ${target}: ${code === 'EISDIR' ? 'it is a directory' : (code ?? String(err))}`);
   }
-  try {
-    const dfd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-    try {
-      fs.fsyncSync(dfd);
-    } finally {
-      fs.closeSync(dfd);
-    }
-  } catch {
-    /* some filesystems cannot fsync a directory */
-  }
+  fsyncDirectory(dir);
 }
