@@ -173,6 +173,32 @@ describe('init, columns, status, jobs through the real binary', () => {
     expect(verbose.stderr).toMatch(/\n\s+at /);
   });
 
+  test('with --json every failure prints the error document on stdout, usage errors included', async () => {
+    const cases: Array<[string[], number, RegExp]> = [
+      [['status', '--frobnicate'], 2, /unknown option '--frobnicate'/],
+      [['jobs', 'show'], 2, /missing required argument 'id'/],
+      [['rotate', '--workers'], 2, /argument missing/],
+      [['frobnicate'], 2, /unknown command 'frobnicate'/],
+      [['jobs', 'show', 'abc'], 2, /job id must be a positive whole number/],
+      [['status', '--database-url', 'not a url'], 2, /./],
+    ];
+    for (const [args, code, message] of cases) {
+      for (const at of ['end', 'start']) {
+        const argv = at === 'end' ? [...args, '--json'] : ['--json', ...args];
+        const r = await runCli(argv, { env });
+        expect({ argv, code: r.code }).toEqual({ argv, code });
+        let doc: any;
+        expect(() => (doc = JSON.parse(r.stdout))).not.toThrow();
+        expect(doc.ok).toBe(false);
+        expect(doc.error.message).toMatch(message);
+        expect(doc.error.exitCode).toBe(code);
+        expect(r.stderr).toMatch(/error: /);
+      }
+    }
+    const help = await runCli(['status', '--help', '--json'], { env });
+    expect(help.code).toBe(0);
+  });
+
   test('connection precedence: flag over ALATION_KEYS_DATABASE_URL over PG*; application_name names the command', async () => {
     const u = new URL(db.url);
     // Flag wins over a broken env URL.

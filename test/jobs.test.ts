@@ -56,5 +56,35 @@ describe('job records and the maintenance lock across databases', () => {
     expect(r.code).toBe(0);
     const jobs = await runCliJson(['jobs', 'list', '--kind', 'rotate'], { env: inst.env });
     expect(jobs.json.jobs[0].state).toBe('succeeded');
+    expect(jobs.json.jobs.map((j: { kind: string }) => j.kind)).toEqual(jobs.json.jobs.map(() => 'rotate'));
+  });
+
+  test('jobs list --limit and --kind are honoured, in the table and with --json, as are jobs --limit/--kind', async () => {
+    // Jobs of both kinds exist from the tests above (rotate 3, backup 1); one more of each.
+    await createJob(inst.db.pool, { kind: 'backup' }).then((j) => inst.db.pool.query(`UPDATE alation_keys.jobs SET state = 'failed' WHERE id = $1`, [j.id]));
+    await createJob(inst.db.pool, { kind: 'rotate', fromVersion: 1, toVersion: 2 }).then((j) =>
+      inst.db.pool.query(`UPDATE alation_keys.jobs SET state = 'failed' WHERE id = $1`, [j.id]),
+    );
+    const all = await runCliJson(['jobs', 'list'], { env: inst.env });
+    const kinds = all.json.jobs.map((j: { kind: string }) => j.kind);
+    expect(kinds).toContain('rotate');
+    expect(kinds).toContain('backup');
+    expect(all.json.jobs.length).toBeGreaterThan(3);
+
+    for (const args of [['jobs', 'list'], ['jobs']]) {
+      const two = await runCliJson([...args, '--limit', '2'], { env: inst.env });
+      expect(two.code).toBe(0);
+      expect(two.json.jobs.map((j: { id: number }) => j.id)).toEqual(all.json.jobs.slice(0, 2).map((j: { id: number }) => j.id));
+      const backups = await runCliJson([...args, '--kind', 'backup'], { env: inst.env });
+      expect(backups.json.jobs.length).toBe(kinds.filter((k: string) => k === 'backup').length);
+      expect(new Set(backups.json.jobs.map((j: { kind: string }) => j.kind))).toEqual(new Set(['backup']));
+      const table = await runCli([...args, '--limit', '1', '--kind', 'rotate'], { env: inst.env });
+      expect(table.code).toBe(0);
+      const rows = table.stdout.split('\n').filter((l) => /^│ \d+ /.test(l));
+      expect(rows).toHaveLength(1);
+      expect(rows[0]).toContain(' rotate ');
+    }
+    const bad = await runCli(['jobs', 'list', '--limit', '0'], { env: inst.env });
+    expect(bad.code).toBe(2);
   });
 });

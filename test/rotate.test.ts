@@ -119,6 +119,16 @@ describe('plans', () => {
     expect(r.stdout).toMatch(/not due: primary data key v1 is \d+[sm] old/);
     expect((await keyringRows(inst.db.pool)).length).toBe(1);
   });
+
+  test("--if-older-than with --quiet (the README's cron line): a run that is not due prints nothing at all, exit 0", async () => {
+    const r = await runCli(['rotate', ...FAST, '--if-older-than', '90d', '--quiet'], { env: inst.env });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toBe('');
+    expect(r.stderr).toBe('');
+    const json = await runCliJson(['rotate', ...FAST, '--if-older-than', '90d', '--quiet'], { env: inst.env });
+    expect(json.json.result).toBe('not-due');
+    expect((await keyringRows(inst.db.pool)).length).toBe(1);
+  });
 });
 
 describe('rotation', () => {

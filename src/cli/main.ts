@@ -10,6 +10,12 @@ import { VERSION } from '../version';
 
 let active: CommandContext | undefined;
 let signalsSeen = 0;
+let wantsJson = false;
+
+/** The document every failing `--json` run prints on stdout (README: Exit codes). */
+function printJsonError(message: string, hint: string | null, exitCode: number): void {
+  process.stdout.write(JSON.stringify({ ok: false, error: { message, hint, exitCode } }, null, 2) + '\n');
+}
 
 function onSignal(signal: NodeJS.Signals): void {
   signalsSeen++;
@@ -18,6 +24,7 @@ function onSignal(signal: NodeJS.Signals): void {
     return;
   }
   process.stderr.write(`\ninterrupted by ${signal}\n`);
+  if (wantsJson) printJsonError(`interrupted by ${signal}`, null, ExitCode.interrupted);
   process.exit(ExitCode.interrupted);
 }
 
@@ -67,7 +74,7 @@ export async function main(argv: string[]): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
   const program = buildProgram();
-  const wantsJson = argv.includes('--json');
+  wantsJson = argv.includes('--json');
   const verbose = argv.includes('--verbose') || argv.includes('-v');
   try {
     if (argv.length <= 2) {
@@ -79,6 +86,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (raw) {
     if (raw instanceof CommanderError) {
       if (raw.code === 'commander.helpDisplayed' || raw.code === 'commander.version' || raw.code === 'commander.help') return ExitCode.ok;
+      // Commander already printed the message on stderr; --json also gets the error document.
+      if (wantsJson) printJsonError(raw.message.replace(/^error: /, ''), 'run with --help for usage', ExitCode.usage);
       return ExitCode.usage;
     }
     const err = normaliseError(raw);
@@ -88,7 +97,7 @@ export async function main(argv: string[]): Promise<number> {
     if (err.hint) process.stderr.write(`  hint: ${err.hint}\n`);
     if (verbose) process.stderr.write(`${(raw as Error)?.stack ?? String(raw)}\n`);
     if (wantsJson && !err.reported) {
-      process.stdout.write(JSON.stringify({ ok: false, error: { message: err.message, hint: err.hint ?? null, exitCode: err.exitCode } }, null, 2) + '\n');
+      printJsonError(err.message, err.hint ?? null, err.exitCode);
     }
     return err.exitCode;
   }

@@ -17,11 +17,15 @@ async function listAction(ctx: CommandContext, opts: { limit?: string; kind?: st
 }
 
 export function register(program: Command, run: Runner): void {
+  // `list` is the default subcommand, so `jobs --limit 2` and `jobs list --limit 2` both reach it;
+  // the options are declared once, on `list` (declared on both, the parent took them and
+  // `jobs list` ignored its own).
   const jobs = program.command('jobs').description('job history (default: list)');
-  jobs.option('--limit <n>', 'how many jobs to list', '20').option('--kind <kind>', 'only jobs of this kind');
-  jobs.action(run('jobs', jobs, (ctx, _a, opts) => listAction(ctx, opts)));
-
-  const list = jobs.command('list').description('list recent jobs').option('--limit <n>', 'how many', '20').option('--kind <kind>', 'only this kind');
+  const list = jobs
+    .command('list', { isDefault: true })
+    .description('list recent jobs, newest first')
+    .option('--limit <n>', 'how many jobs to list', '20')
+    .option('--kind <kind>', 'only jobs of this kind (rotate, backup, byok-onboard, …)');
   list.action(run('jobs', list, (ctx, _a, opts) => listAction(ctx, opts)));
 
   const show = jobs.command('show').description('one job with its detail').argument('<id>', 'job id');

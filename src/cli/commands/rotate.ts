@@ -67,6 +67,8 @@ export function register(program: Command, run: Runner): void {
         display.stop();
         if (ctx.globals.json) ctx.io.printJson(result);
         else if (result.result === 'not-due') {
+          // Cron's line: with --quiet a run that is not due prints nothing (the reason stays in --json).
+          if (ctx.globals.quiet) return;
           ctx.io.print(
             `not due: primary data key v${result.primaryVersion} is ${formatDuration(result.primaryAgeSeconds * 1000)} old (rotate when older than ${formatDuration(result.ifOlderThanSeconds * 1000)})`,
           );
