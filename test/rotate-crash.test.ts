@@ -67,13 +67,23 @@ for (const phase of ['after-key', 'mid-column', 'between-columns', 'convergence'
   });
 }
 
+async function rowsDoneOfLatest(): Promise<number> {
+  const jobs = await rotateJobs(inst.db.pool);
+  const latest = jobs[jobs.length - 1];
+  if (!latest?.detail?.columns) return 0;
+  return Object.values(latest.detail.columns).reduce((a: number, c: any) => a + (c.rowsDone ?? 0), 0);
+}
+
 test('SIGKILL at an arbitrary moment of a throttled run, twice, then re-run', async () => {
   const before = (await keyringRows(inst.db.pool)).length;
   let jobId: string | undefined;
   for (const delay of [700, 1300]) {
     const run = spawnUntil(['rotate', ...FAST, '--batch-size', '100', '--max-rate', '1500'], 'rotating', { env: inst.env });
     await run.seen;
-    await sleep(delay);
+    // Kill once this run has checkpointed a chunk, so the kill lands mid-column whatever the load.
+    const doneBefore = await rowsDoneOfLatest();
+    for (let waited = 0; (await rowsDoneOfLatest()) <= doneBefore && waited < 60_000; waited += 50) await sleep(50);
+    await sleep(delay / 10);
     run.child.kill('SIGKILL');
     await run.exited;
     const jobs = await rotateJobs(inst.db.pool);
