@@ -9,6 +9,7 @@ import { fileTimestamp, MANIFEST_SUFFIX, partialName, safeFilePart } from '../sr
 import { openNewFile } from '../src/files/new-file';
 import { runCli, runCliJson } from './support/cli';
 import { createInstallation, Installation, tempDir } from './support/fixtures';
+import { testWithPgDump } from './support/pg-dump';
 
 let inst: Installation;
 beforeAll(async () => {
@@ -30,7 +31,7 @@ test('a dangling link is not a free name: opening a new file there fails and cre
   }
 });
 
-test('backup into a directory holding planted symbolic links writes nothing through them', async () => {
+testWithPgDump('backup into a directory holding planted symbolic links writes nothing through them', async () => {
   const out = tempDir('backup-planted');
   const victims = tempDir('backup-victims');
   try {
@@ -63,7 +64,7 @@ test('backup into a directory holding planted symbolic links writes nothing thro
   }
 });
 
-test.each([0o770, 0o707, 0o777])('a backup directory with mode %o is refused (exit 3) with the chmod that fixes it', async (mode) => {
+for (const mode of [0o770, 0o707, 0o777]) testWithPgDump(`a backup directory with mode ${mode.toString(8)} is refused (exit 3) with the chmod that fixes it`, async () => {
   const out = tempDir('backup-shared');
   try {
     fs.chmodSync(out, mode);
