@@ -52,7 +52,7 @@ const paused = new Set<string>();
 /**
  * TEST ONLY. With ALATION_KEYS_TEST_PAUSE_AT=<phase> the process prints
  * `ALATION_KEYS_TEST_PAUSED <phase>` on stderr the first time it reaches that point and waits
- * there until it is signalled (SIGINT/SIGTERM continue to the next checkpoint) or killed.
+ * there until it is signalled (SIGUSR2 carries on; SIGINT/SIGTERM stop at the next checkpoint) or killed.
  * Phases: after-key, mid-column, between-columns, convergence.
  */
 export async function testPause(phase: string, signal: AbortSignal): Promise<void> {
@@ -64,9 +64,12 @@ export async function testPause(phase: string, signal: AbortSignal): Promise<voi
     const keepAlive = setInterval(() => undefined, 1000);
     const done = () => {
       clearInterval(keepAlive);
+      process.removeListener('SIGUSR2', done);
       resolve();
     };
     if (signal.aborted) return done();
     signal.addEventListener('abort', done, { once: true });
+    // SIGUSR2 lets the command carry on, as if the pause had not been there.
+    process.once('SIGUSR2', done);
   });
 }
