@@ -11,6 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { Pool, PoolClient } from 'pg';
 import { InterruptedError, OperationError, PreconditionError, UsageError } from '../errors';
 import { resolveConnectionConfig } from '../db/connection';
+import { ensureDirectory } from '../files/directory';
 import { nameTaken, openNewFile, refuseSharedWritableDirectory } from '../files/new-file';
 import { requireInitialised, schemaVersion } from '../db/migrations';
 import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
@@ -178,24 +179,17 @@ export function removeStalePartials(dir: string, now = Date.now()): string[] {
   return removed;
 }
 
+const BACKUP_DIR_HINT = 'pass --out DIR (or set ALATION_KEYS_BACKUP_DIR) to a directory this user may write';
+
+/** The backup directory, made (0700) if absent and checked; before anything else is done. */
 function prepareDir(dir: string): void {
-  try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  } catch (err) {
-    throw new PreconditionError(`cannot create backup directory ${dir}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
-      hint: 'pass --out DIR (or set ALATION_KEYS_BACKUP_DIR) to a directory this user may write',
-    });
-  }
-  const st = fs.statSync(dir);
-  if (!st.isDirectory()) throw new PreconditionError(`backup location ${dir} is not a directory`);
+  ensureDirectory(dir, 0o700, { what: 'backup directory', hint: BACKUP_DIR_HINT });
   // Others who may write here could plant a link where a dump or manifest is about to go.
   refuseSharedWritableDirectory(dir, 'backup directory');
   try {
     fs.accessSync(dir, fs.constants.W_OK | fs.constants.X_OK);
   } catch {
-    throw new PreconditionError(`backup directory ${dir} is not writable by this user`, {
-      hint: 'pass --out DIR (or set ALATION_KEYS_BACKUP_DIR) to a directory this user may write',
-    });
+    throw new PreconditionError(`backup directory ${dir} is not writable by this user`, { hint: BACKUP_DIR_HINT });
   }
 }
 
@@ -394,8 +388,9 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
   if (opts.jobs !== undefined && (!Number.isInteger(opts.jobs) || opts.jobs < 1 || opts.jobs > 64)) {
     throw new UsageError(`--jobs must be a whole number from 1 to 64, got ${opts.jobs}`);
   }
-  await requireInitialised(pool);
   const dir = resolveBackupDir(opts.outDir, env);
+  prepareDir(dir);
+  await requireInitialised(pool);
 
   const sv = await pool.query<{ num: string; version: string; db: string }>(
     `SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version, current_database() AS db`,
@@ -411,7 +406,6 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
     flag: '--pg-dump PATH',
     env,
   });
-  prepareDir(dir);
 
   let lock: HeldLock | undefined;
   if (!opts.lockHeld) {

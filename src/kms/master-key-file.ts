@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { ProviderError, UsageError } from '../errors';
 import { fsyncDirectory, nameTaken, openNewFile } from '../files/new-file';
+import { ensureDirectory } from '../files/directory';
 
 export const DEFAULT_MASTER_KEY_FILE = '/etc/alation-keys/master.key';
 export const MASTER_KEY_FORMAT = 'alation-keys/master-key';
@@ -321,11 +322,10 @@ function copyKey(k: MasterKey): MasterKey {
 export async function createMasterKeyFile(filePath: string): Promise<MasterKeyFile> {
   if (nameTaken(filePath)) throw new UsageError(`master key file ${filePath} already exists`);
   const dir = path.dirname(filePath);
-  try {
-    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-  } catch (err) {
-    throw new UsageError(`cannot create directory ${dir} for the master key file: ${(err as NodeJS.ErrnoException).code}`);
-  }
+  ensureDirectory(dir, 0o700, {
+    what: 'directory of the master key file',
+    hint: 'pass --master-key-file PATH (or set ALATION_KEYS_MASTER_KEY_FILE) in a directory this user may create or write',
+  });
   const file: MasterKeyFile = { path: filePath, keys: [newMasterKey()] };
   return withFileLock(filePath, async () => {
     removeStaleTempFiles(filePath);
