@@ -25,7 +25,7 @@ let realPgRestore: string;
 beforeAll(async () => {
   inst = await createInstallation('backup', { values: 400 });
   out = path.join(inst.dir, 'backups');
-  const minimum = { minVersionNum: 150000, minReason: 'test', flag: '--pg-dump' };
+  const minimum = { minVersionNum: 150000, minReason: 'test', flag: '--pg-dump', env: process.env };
   realPgDump = findPgTool('pg_dump', minimum).path;
   realPgRestore = findPgTool('pg_restore', minimum).path;
 });

@@ -2,7 +2,9 @@
 import { Command } from 'commander';
 import { Pool } from 'pg';
 import { createPool, resolveConnectionConfig } from '../db/connection';
+import { resolveBackupDir } from '../core/backup';
 import { isLocalHost } from '../core/headroom';
+import { processActor } from '../core/jobs';
 import { IOStreams } from './io';
 
 export interface GlobalOptions {
@@ -59,6 +61,21 @@ export class CommandContext {
       }
     }
     return isLocalHost(host?.replace(/^\[|\]$/g, ''));
+  }
+
+  /** The process environment: read here, at the edge, and handed to core explicitly. */
+  get env(): NodeJS.ProcessEnv {
+    return process.env;
+  }
+
+  /** Who runs this command, for job records (with the sudo caller, when there is one). */
+  get actor(): string {
+    return processActor(process.env.SUDO_USER);
+  }
+
+  /** The backup directory: the flag, else $ALATION_KEYS_BACKUP_DIR, else the default. */
+  backupDir(flag: string | undefined): string {
+    return resolveBackupDir(flag, process.env);
   }
 
   get providerOptions() {

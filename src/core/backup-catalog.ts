@@ -18,12 +18,18 @@ import {
   MANIFEST_VERSION,
   PARTIAL_SUFFIX,
 } from './backup';
-import { JobRecord, markOrphanedJobs } from './jobs';
+import {
+  backupJobsListingKey,
+  backupJobsNeedingKey,
+  backupManifestsForFile,
+  JobRecord,
+  listBackupJobs,
+  markOrphanedJobs,
+  succeededBackupKeyLists,
+} from './jobs';
 import { readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, parsePgToolVersion } from './pg-tools';
 import { readSettings, Settings } from './settings';
-
-const JOB_COLUMNS = `id::int AS id, kind, state, started_at, finished_at, actor, detail, error, bytes_done::float8 AS bytes_done`;
 
 export interface BackupListEntry {
   jobId: number;
@@ -85,23 +91,12 @@ function entryOf(j: Pick<JobRecord, 'id' | 'state' | 'started_at' | 'finished_at
 export async function listBackups(pool: Pool, opts: { limit?: number; all?: boolean } = {}): Promise<BackupListEntry[]> {
   await requireInitialised(pool);
   await markOrphanedJobs(pool);
-  const r = await pool.query(
-    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE kind = 'backup' AND ($1 OR state IN ('succeeded', 'running'))
-      ORDER BY id DESC LIMIT $2`,
-    [!!opts.all, opts.limit ?? 20],
-  );
-  return r.rows.map(entryOf);
+  return (await listBackupJobs(pool, opts)).map(entryOf);
 }
 
 /** Succeeded backups whose manifest says a restore needs DEK `version`. */
 export async function backupsNeedingKey(pool: Pool, version: number): Promise<BackupListEntry[]> {
-  const r = await pool.query(
-    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
-      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->'keys'->'needed_versions' @> to_jsonb(ARRAY[$1::int])
-      ORDER BY id DESC`,
-    [version],
-  );
-  return r.rows.map(entryOf);
+  return (await backupJobsNeedingKey(pool, version)).map(entryOf);
 }
 
 /** A recorded backup whose dump holds DEK `version` (wrapped), needed by it or not. */
@@ -114,15 +109,8 @@ export interface BackupHoldingKey extends BackupListEntry {
 
 /** Succeeded backups whose dump holds DEK `version` still wrapped (not yet destroyed at the snapshot), newest first. */
 export async function backupsHoldingKey(db: Queryable, version: number): Promise<BackupHoldingKey[]> {
-  const r = await db.query(
-    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
-      WHERE kind = 'backup' AND state = 'succeeded'
-        AND detail->'manifest'->'keys'->'deks' @> jsonb_build_array(jsonb_build_object('version', $1::int))
-      ORDER BY id DESC`,
-    [version],
-  );
   const out: BackupHoldingKey[] = [];
-  for (const j of r.rows) {
+  for (const j of await backupJobsListingKey(db, version)) {
     const dek = (j.detail.manifest as BackupManifest).keys.deks.find((d) => d.version === version);
     if (!dek || dek.state === 'destroyed') continue;
     out.push({ ...entryOf(j), needs: dek.needed, kekId: dek.kek_id });
@@ -135,15 +123,11 @@ export async function backupsHoldingKey(db: Queryable, version: number): Promise
  * DEKs not destroyed since), and every KEK id any recorded backup names.
  */
 export async function kekIdsOfBackups(db: Queryable, since: Date): Promise<{ needed: Set<string>; recorded: Set<string> }> {
-  const r = await db.query<{ finished_at: Date; deks: BackupManifest['keys']['deks'] | null }>(
-    `SELECT finished_at, detail->'manifest'->'keys'->'deks' AS deks FROM alation_keys.jobs WHERE kind = 'backup' AND state = 'succeeded'`,
-  );
-  const destroyed = new Set(
-    (await db.query<{ version: number }>(`SELECT version FROM alation_keys.keyring WHERE state = 'destroyed'`)).rows.map((x) => x.version),
-  );
+  const backups = await succeededBackupKeyLists<BackupManifest['keys']['deks'][number]>(db);
+  const destroyed = new Set((await readKeyring(db)).filter((k) => k.state === 'destroyed').map((k) => k.version));
   const needed = new Set<string>();
   const recorded = new Set<string>();
-  for (const row of r.rows) {
+  for (const row of backups) {
     for (const d of row.deks ?? []) {
       recorded.add(d.kek_id);
       if (d.needed && !destroyed.has(d.version) && row.finished_at >= since) needed.add(d.kek_id);
@@ -187,7 +171,8 @@ export interface VerifyOptions {
   awsProfile?: string;
   pgRestore?: string;
   signal?: AbortSignal;
-  env?: NodeJS.ProcessEnv;
+  /** The environment pg_restore runs with (PATH): the caller's. */
+  env: NodeJS.ProcessEnv;
   /** A provider to use for aws-kms DEKs instead of the one the settings name (tests). */
   keyProvider?: KeyProvider;
   /**
@@ -293,8 +278,8 @@ function locate(fileArg: string): { dump: string; manifest: string } {
  * unwraps with today's KEK (master key file or KMS key). Returns the report; ok false means
  * the backup could not be restored with today's keys.
  */
-export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
-  const env = opts.env ?? process.env;
+export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts: VerifyOptions): Promise<VerifyReport> {
+  const env = opts.env;
   const offline = !!opts.offline || !pool;
   if (!offline) await requireInitialised(pool!);
   const { dump, manifest: manifestPath } = locate(fileArg);
@@ -312,14 +297,8 @@ export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts
       manifestProblem = (err as Error).message;
     }
   }
-  const jobRows = offline
-    ? { rows: [] as Array<{ id: number; manifest: BackupManifest }> }
-    : await pool!.query<{ id: number; manifest: BackupManifest }>(
-        `SELECT id::int AS id, detail->'manifest' AS manifest FROM alation_keys.jobs
-          WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->>'file' = $1 ORDER BY id DESC`,
-        [name],
-      );
-  const fromJob = manifest ? jobRows.rows.find((r) => r.id === manifest!.job_id) : jobRows.rows[0];
+  const jobRows = offline ? [] : await backupManifestsForFile<BackupManifest>(pool!, name);
+  const fromJob = manifest ? jobRows.find((r) => r.id === manifest!.job_id) : jobRows[0];
   if (!manifest) {
     if (!fromJob) {
       throw new PreconditionError(
@@ -372,7 +351,7 @@ export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts
   let archiveEntries: number | null = null;
   const dumpVersion = parsePgToolVersion(`(PostgreSQL) ${manifest.pg_dump?.version ?? '0'}`)?.num ?? 0;
   const pgRestore: FoundPgTool = findPgTool('pg_restore', {
-    explicit: opts.pgRestore ?? env.ALATION_KEYS_PG_RESTORE,
+    explicit: opts.pgRestore,
     minVersionNum: dumpVersion,
     minReason: `the backup was written by pg_dump ${manifest.pg_dump?.version ?? 'unknown'}`,
     flag: '--pg-restore PATH',

@@ -17,8 +17,9 @@ import { requireInitialised, schemaVersion } from '../db/migrations';
 import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
 import { resolveMasterKeyPath } from '../kms/master-key-file';
 import { databaseSize, formatBytes, freeBytesAt } from './headroom';
-import { createJob, currentActor, describeLockHolder, finishJob, markOrphanedJobs, pgDumpApplicationName } from './jobs';
+import { createJob, describeLockHolder, JobActorOption, processActor, finishJob, markOrphanedJobs, pgDumpApplicationName, recordBytesDone } from './jobs';
 import { DekState, KeyringRow, readKeyring } from './keyring';
+import { testFreeBytesOverride } from './test-hooks';
 import { findPgTool, FoundPgTool, pgToolEnv } from './pg-tools';
 import { requireDumpPrivileges } from '../db/privileges';
 import { readSettings } from './settings';
@@ -31,7 +32,7 @@ export const DEFAULT_BACKUP_DIR = '/var/backups/alation-keys';
 /** Unfinished backups (`.<name>.partial`) untouched this long are removed by the next backup. */
 export const STALE_PARTIAL_MS = 24 * 3_600_000;
 
-export interface BackupOptions {
+export interface BackupOptions extends JobActorOption {
   /** Default: $ALATION_KEYS_BACKUP_DIR, else /var/backups/alation-keys. */
   outDir?: string;
   /** Parallel dump into directory format with this many jobs (omit for one custom-format file). */
@@ -45,7 +46,8 @@ export interface BackupOptions {
   lockHeld?: boolean;
   signal?: AbortSignal;
   onProgress?: (p: { bytes: number; elapsedMs: number }) => void;
-  env?: NodeJS.ProcessEnv;
+  /** The environment pg_dump runs with (PATH, libpq's PG* variables): the caller's. */
+  env: NodeJS.ProcessEnv;
 }
 
 export interface ManifestKey {
@@ -109,7 +111,7 @@ export interface BackupResult {
   pgDumpWarnings: string[];
 }
 
-export function resolveBackupDir(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
+export function resolveBackupDir(flag: string | undefined, env: NodeJS.ProcessEnv): string {
   return path.resolve(flag || env.ALATION_KEYS_BACKUP_DIR || DEFAULT_BACKUP_DIR);
 }
 
@@ -382,8 +384,8 @@ function chooseName(dir: string, database: string, at: Date): string {
   }
 }
 
-export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<BackupResult> {
-  const env = opts.env ?? process.env;
+export async function takeBackup(pool: Pool, opts: BackupOptions): Promise<BackupResult> {
+  const env = opts.env;
   const dumpFormat: 'custom' | 'directory' = opts.jobs !== undefined ? 'directory' : 'custom';
   if (opts.jobs !== undefined && (!Number.isInteger(opts.jobs) || opts.jobs < 1 || opts.jobs > 64)) {
     throw new UsageError(`--jobs must be a whole number from 1 to 64, got ${opts.jobs}`);
@@ -400,7 +402,7 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
   const database = sv.rows[0].db;
   await requireDumpPrivileges(pool);
   const tool = findPgTool('pg_dump', {
-    explicit: opts.pgDump ?? env.ALATION_KEYS_PG_DUMP,
+    explicit: opts.pgDump,
     minVersionNum: serverNum,
     minReason: `the server is PostgreSQL ${serverVersion}`,
     flag: '--pg-dump PATH',
@@ -415,12 +417,10 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
     // We hold the lock: running jobs are leftovers of killed processes.
     if (lock) await markOrphanedJobs(pool, { holdingLock: true });
     const databaseBytes = await databaseSize(pool);
-    // TEST ONLY: ALATION_KEYS_TEST_FREE_BYTES overrides the free space seen (as for rotate's headroom).
-    const fakeFree = env.ALATION_KEYS_TEST_FREE_BYTES;
-    checkBackupSpace(dir, databaseBytes, fakeFree ? Number(fakeFree) : freeBytesAt(dir));
+    checkBackupSpace(dir, databaseBytes, testFreeBytesOverride() ?? freeBytesAt(dir));
     const removedPartials = removeStalePartials(dir);
     if (opts.signal?.aborted) throw new InterruptedError('interrupted before the backup started; nothing was written');
-    return await dumpWithSnapshot(pool, { ...opts, env }, { dir, database, serverNum, serverVersion, tool, dumpFormat, removedPartials });
+    return await dumpWithSnapshot(pool, opts, { dir, database, serverNum, serverVersion, tool, dumpFormat, removedPartials });
   } finally {
     await lock?.release();
   }
@@ -428,7 +428,7 @@ export async function takeBackup(pool: Pool, opts: BackupOptions = {}): Promise<
 
 async function dumpWithSnapshot(
   pool: Pool,
-  opts: BackupOptions & { env: NodeJS.ProcessEnv },
+  opts: BackupOptions,
   ctx: {
     dir: string;
     database: string;
@@ -471,6 +471,7 @@ async function dumpWithSnapshot(
 
     // The job is written outside the snapshot, so a restored database does not show it running.
     const job = await createJob(pool, {
+      actor: opts.actor,
       kind: 'backup',
       detail: {
         dir: ctx.dir,
@@ -496,8 +497,7 @@ async function dumpWithSnapshot(
       }
       if (!jobUpdate && Date.now() - lastJobUpdate >= 5000) {
         lastJobUpdate = Date.now();
-        jobUpdate = pool
-          .query('UPDATE alation_keys.jobs SET bytes_done = $2, updated_at = now() WHERE id = $1', [job.id, bytes])
+        jobUpdate = recordBytesDone(pool, job.id, bytes)
           .catch(() => undefined)
           .finally(() => (jobUpdate = undefined));
       }
@@ -573,7 +573,7 @@ async function dumpWithSnapshot(
         snapshot_id: snapshotId,
         job_id: job.id,
         keys,
-        created_by: { tool: 'alation-keys', version: toolVersion(), actor: currentActor() },
+        created_by: { tool: 'alation-keys', version: toolVersion(), actor: opts.actor ?? processActor() },
       };
       const text = JSON.stringify(manifest, null, 2) + '\n';
       const mfd = openNewFile(manifestPartial, 0o644);

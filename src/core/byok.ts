@@ -25,7 +25,7 @@ import {
   translateAwsError,
 } from '../kms/aws-kms';
 import { KeyProvider } from '../kms/provider';
-import { createJob, describeLockHolder, finishJob, markOrphanedJobs } from './jobs';
+import { createJob, describeLockHolder, finishJob, JobActorOption, markOrphanedJobs } from './jobs';
 import { readKeyring, rewrapKeyring, unwrapKeyring } from './keyring';
 import { AwsSettings, ensureSetting, readSettings, Settings, writeSetting } from './settings';
 
@@ -552,7 +552,7 @@ export interface OnboardResult {
 export async function applyOnboarding(
   pool: Pool,
   plan: OnboardPlan,
-  opts: ProviderOptions & { onProgress?: (text: string) => void } = {},
+  opts: ProviderOptions & JobActorOption & { onProgress?: (text: string) => void } = {},
 ): Promise<OnboardResult> {
   const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
   let kms: AwsKmsKeyProvider | undefined;
@@ -576,6 +576,7 @@ export async function applyOnboarding(
     from = createKeyProvider(settings, opts);
     kms = new AwsKmsKeyProvider({ ...aws, installationId, profile: opts.awsProfile });
     const job = await createJob(pool, {
+      actor: opts.actor,
       kind: 'byok-onboard',
       detail: {
         provider: 'aws-kms',

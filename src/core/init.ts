@@ -6,7 +6,7 @@ import { migrate, LATEST_SCHEMA_VERSION } from '../db/migrations';
 import { withTransaction } from '../db/transaction';
 import { createKeyProvider } from '../kms';
 import { createMasterKeyFile, masterKeyFileExists, readMasterKeyFile, resolveMasterKeyPath } from '../kms/master-key-file';
-import { addPrimaryDataKey, readKeyring, unwrapKeyring } from './keyring';
+import { addPrimaryDataKey, lockKeyring, readKeyring, unwrapKeyring } from './keyring';
 import { ensureSetting, readSettings } from './settings';
 
 export interface InitResult {
@@ -23,7 +23,7 @@ export interface InitResult {
 export async function initialise(pool: Pool, opts: { masterKeyFile?: string } = {}): Promise<InitResult> {
   const migrationsApplied = await migrate(pool);
   return withTransaction(pool, async (client) => {
-    await client.query('LOCK TABLE alation_keys.keyring IN SHARE ROW EXCLUSIVE MODE');
+    await lockKeyring(client);
     const before = await readSettings(client);
     const installationId = await ensureSetting(client, 'installation_id', randomUUID());
     const kekProvider = await ensureSetting(client, 'kek_provider', 'local');

@@ -27,25 +27,36 @@ export interface JobRecord {
 const JOB_COLUMNS = `id::int AS id, kind, state, started_at, finished_at, actor, from_version, to_version,
   rows_total::float8 AS rows_total, rows_done::float8 AS rows_done, bytes_done::float8 AS bytes_done, detail, error, updated_at`;
 
-export function currentActor(): string {
+/**
+ * Who runs this process, as job records name it: `user@host pid N`, plus ` (sudo by NAME)`
+ * when the caller says who ran sudo (the command line reads that from SUDO_USER; core does not
+ * read the environment).
+ */
+export function processActor(sudoUser?: string): string {
   let user = 'unknown';
   try {
     user = os.userInfo().username;
   } catch {
-    user = process.env.USER ?? 'unknown';
+    /* no passwd entry for this uid: the user stays unknown */
   }
-  const sudo = process.env.SUDO_USER ? ` (sudo by ${process.env.SUDO_USER})` : '';
+  const sudo = sudoUser ? ` (sudo by ${sudoUser})` : '';
   return `${user}@${os.hostname()} pid ${process.pid}${sudo}`;
+}
+
+/** What a core function that records a job is told about who runs it. */
+export interface JobActorOption {
+  /** Who runs the job (default: processActor()). */
+  actor?: string;
 }
 
 export async function createJob(
   db: Queryable,
-  job: { kind: string; fromVersion?: number | null; toVersion?: number | null; rowsTotal?: number | null; detail?: object },
+  job: { kind: string; fromVersion?: number | null; toVersion?: number | null; rowsTotal?: number | null; detail?: object; actor?: string },
 ): Promise<JobRecord> {
   const r = await db.query<JobRecord>(
     `INSERT INTO alation_keys.jobs (kind, state, actor, from_version, to_version, rows_total, detail)
      VALUES ($1, 'running', $2, $3, $4, $5, $6::jsonb) RETURNING ${JOB_COLUMNS}`,
-    [job.kind, currentActor(), job.fromVersion ?? null, job.toVersion ?? null, job.rowsTotal ?? null, JSON.stringify(job.detail ?? {})],
+    [job.kind, job.actor ?? processActor(), job.fromVersion ?? null, job.toVersion ?? null, job.rowsTotal ?? null, JSON.stringify(job.detail ?? {})],
   );
   return r.rows[0];
 }
@@ -106,6 +117,71 @@ export async function latestJobPerKind(db: Queryable): Promise<LatestJob[]> {
     `SELECT DISTINCT ON (kind) id::int AS id, kind, state, started_at, finished_at FROM alation_keys.jobs ORDER BY kind, id DESC`,
   );
   return r.rows;
+}
+
+/** Backup jobs, newest first: succeeded and running ones, or every one with `all`. */
+export async function listBackupJobs(db: Queryable, opts: { limit?: number; all?: boolean } = {}): Promise<JobRecord[]> {
+  const r = await db.query<JobRecord>(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs WHERE kind = 'backup' AND ($1 OR state IN ('succeeded', 'running'))
+      ORDER BY id DESC LIMIT $2`,
+    [!!opts.all, opts.limit ?? 20],
+  );
+  return r.rows;
+}
+
+/** Succeeded backup jobs whose manifest says a restore needs DEK `version`, newest first. */
+export async function backupJobsNeedingKey(db: Queryable, version: number): Promise<JobRecord[]> {
+  const r = await db.query<JobRecord>(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
+      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->'keys'->'needed_versions' @> to_jsonb(ARRAY[$1::int])
+      ORDER BY id DESC`,
+    [version],
+  );
+  return r.rows;
+}
+
+/** Succeeded backup jobs whose manifest lists DEK `version` among the keys in the dump, newest first. */
+export async function backupJobsListingKey(db: Queryable, version: number): Promise<JobRecord[]> {
+  const r = await db.query<JobRecord>(
+    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
+      WHERE kind = 'backup' AND state = 'succeeded'
+        AND detail->'manifest'->'keys'->'deks' @> jsonb_build_array(jsonb_build_object('version', $1::int))
+      ORDER BY id DESC`,
+    [version],
+  );
+  return r.rows;
+}
+
+/** The `keys.deks` list of every succeeded backup's manifest, with when the backup finished. */
+export async function succeededBackupKeyLists<Dek>(db: Queryable): Promise<Array<{ finished_at: Date; deks: Dek[] | null }>> {
+  const r = await db.query<{ finished_at: Date; deks: Dek[] | null }>(
+    `SELECT finished_at, detail->'manifest'->'keys'->'deks' AS deks FROM alation_keys.jobs WHERE kind = 'backup' AND state = 'succeeded'`,
+  );
+  return r.rows;
+}
+
+/** Manifests of succeeded backup jobs that wrote the dump file named `file`, newest first. */
+export async function backupManifestsForFile<Manifest>(db: Queryable, file: string): Promise<Array<{ id: number; manifest: Manifest }>> {
+  const r = await db.query<{ id: number; manifest: Manifest }>(
+    `SELECT id::int AS id, detail->'manifest' AS manifest FROM alation_keys.jobs
+      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->>'file' = $1 ORDER BY id DESC`,
+    [file],
+  );
+  return r.rows;
+}
+
+/** Records the bytes a running job has written so far (a backup's dump size). */
+export async function recordBytesDone(db: Queryable, id: number, bytes: number): Promise<void> {
+  await db.query('UPDATE alation_keys.jobs SET bytes_done = $2, updated_at = now() WHERE id = $1', [id, bytes]);
+}
+
+/** Master key ids the job history names: added by a rotation, or re-wrapped away from. */
+export async function masterKeyIdsInJobs(db: Queryable): Promise<string[]> {
+  const r = await db.query<{ id: string }>(
+    `SELECT detail->>'masterKeyAdded' AS id FROM alation_keys.jobs WHERE detail->>'masterKeyAdded' IS NOT NULL
+     UNION SELECT jsonb_array_elements_text(detail->'rewrappedFrom') FROM alation_keys.jobs WHERE jsonb_typeof(detail->'rewrappedFrom') = 'array'`,
+  );
+  return r.rows.map((x) => x.id);
 }
 
 export async function lastSucceededJob(db: Queryable, kind: string): Promise<JobRecord | undefined> {

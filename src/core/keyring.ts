@@ -26,6 +26,34 @@ export async function readKeyring(db: Queryable): Promise<KeyringRow[]> {
   return r.rows;
 }
 
+/** The state of DEK `version` (undefined when there is none); `forUpdate` locks its row in the caller's transaction. */
+export async function dataKeyState(
+  db: Queryable,
+  version: number,
+  opts: { forUpdate?: boolean } = {},
+): Promise<Pick<KeyringRow, 'state' | 'destroyed_at'> | undefined> {
+  const r = await db.query<Pick<KeyringRow, 'state' | 'destroyed_at'>>(
+    `SELECT state, destroyed_at FROM alation_keys.keyring WHERE version = $1${opts.forUpdate ? ' FOR UPDATE' : ''}`,
+    [version],
+  );
+  return r.rows[0];
+}
+
+/** Destroys retired DEK `version`: its wrapped key is gone for good. Returns when, or undefined if it was not retired. */
+export async function markDataKeyDestroyed(db: Queryable, version: number): Promise<Date | undefined> {
+  const u = await db.query<{ destroyed_at: Date }>(
+    `UPDATE alation_keys.keyring SET state = 'destroyed', wrapped_key = NULL, destroyed_at = now()
+      WHERE version = $1 AND state = 'retired' RETURNING destroyed_at`,
+    [version],
+  );
+  return u.rows[0]?.destroyed_at;
+}
+
+/** Holds off every other writer of the keyring until the caller's transaction ends. */
+export async function lockKeyring(db: Queryable): Promise<void> {
+  await db.query('LOCK TABLE alation_keys.keyring IN SHARE ROW EXCLUSIVE MODE');
+}
+
 export function primaryOf(rows: KeyringRow[]): KeyringRow | undefined {
   return rows.find((r) => r.state === 'primary');
 }

@@ -14,14 +14,14 @@ import { masterKeyFileExists, readMasterKeyFile, removeMasterKeys, resolveMaster
 import { BackupHoldingKey, backupsHoldingKey, kekIdsOfBackups } from './backup-catalog';
 import { columnTypeProblem, EncryptedColumn, listColumnsEverRegistered } from './columns';
 import { formatColumnName } from './identifiers';
-import { createJob, describeLockHolder, finishJob } from './jobs';
-import { DekState, liveKekIds, readKeyring, rewrapKeyring } from './keyring';
+import { createJob, describeLockHolder, finishJob, JobActorOption, masterKeyIdsInJobs } from './jobs';
+import { dataKeyState, DekState, liveKekIds, markDataKeyDestroyed, readKeyring, rewrapKeyring } from './keyring';
 import { readSettings } from './settings';
 import { versionExpr } from './value-sql';
 
 export const DEFAULT_BACKUP_RETENTION_MS = 30 * 86_400_000;
 
-export interface DestroyOptions {
+export interface DestroyOptions extends JobActorOption {
   /** Backups finished within this many ms are kept: one that needs the DEK blocks the destroy. */
   backupRetentionMs?: number;
   /** Destroy even though a retained backup needs the DEK. */
@@ -123,12 +123,9 @@ async function retainedNeeding(holding: BackupHoldingKey[], opts: DestroyOptions
 /** Checks that DEK `version` may be destroyed (throws exit 3 if not) and lists the backups that hold it. */
 export async function planDestroy(pool: Pool, version: number, opts: DestroyOptions = {}): Promise<DestroyPlan> {
   await requireInitialised(pool);
-  const r = await pool.query<{ state: DekState; destroyed_at: Date | null }>(
-    'SELECT state, destroyed_at FROM alation_keys.keyring WHERE version = $1',
-    [version],
-  );
-  if (r.rowCount === 0) throw new UsageError(`there is no data key v${version}`, { hint: 'see `alation-keys keys list`' });
-  const { state, destroyed_at } = r.rows[0];
+  const key = await dataKeyState(pool, version);
+  if (!key) throw new UsageError(`there is no data key v${version}`, { hint: 'see `alation-keys keys list`' });
+  const { state, destroyed_at } = key;
   if (state === 'destroyed') {
     return { version, state, alreadyDestroyed: true, destroyedAt: destroyed_at?.toISOString() ?? null, backupsHolding: [], retainedNeeding: [] };
   }
@@ -153,7 +150,7 @@ export async function destroyDataKey(pool: Pool, version: number, opts: DestroyO
     refuseIfRetainedBackupNeeds(version, await retainedNeeding(holding, opts), opts);
     const backups = holding.map((b) => b.jobId);
     const provider = createKeyProvider(await readSettings(pool), opts.providerOptions);
-    const job = await createJob(pool, { kind: 'keys-destroy', fromVersion: version, detail: { version, backups_holding: backups } });
+    const job = await createJob(pool, { actor: opts.actor, kind: 'keys-destroy', fromVersion: version, detail: { version, backups_holding: backups } });
     try {
       // Local provider: a new master key first (in the file, read back and checked); the
       // transaction below re-wraps every remaining DEK under it, so no master key that ever
@@ -162,22 +159,18 @@ export async function destroyDataKey(pool: Pool, version: number, opts: DestroyO
       let rewrappedFrom: string[] = [];
       const destroyedAt = await withTransaction(pool, async (client) => {
         // Writers of a registered column that re-read the keyring wait; rows keep their values.
-        const row = await client.query<{ state: DekState }>('SELECT state FROM alation_keys.keyring WHERE version = $1 FOR UPDATE', [version]);
-        if (row.rowCount === 0) throw new UsageError(`there is no data key v${version}`);
-        const state = row.rows[0].state;
+        const key = await dataKeyState(client, version, { forUpdate: true });
+        if (!key) throw new UsageError(`there is no data key v${version}`);
+        const state = key.state;
         if (state === 'destroyed') throw new PreconditionError(`data key v${version} is already destroyed`);
         refuseUnlessRetired(version, state);
         refuseIfUsed(version, await valuesUsingKey(client, version));
-        const u = await client.query<{ destroyed_at: Date }>(
-          `UPDATE alation_keys.keyring SET state = 'destroyed', wrapped_key = NULL, destroyed_at = now()
-            WHERE version = $1 AND state = 'retired' RETURNING destroyed_at`,
-          [version],
-        );
+        const destroyedAt = await markDataKeyDestroyed(client, version);
         if (newMasterKey) {
           rewrappedFrom = await liveKekIds(client);
           await rewrapKeyring(client, provider, provider);
         }
-        return u.rows[0].destroyed_at;
+        return destroyedAt!;
       });
       await finishJob(pool, job.id, 'succeeded', undefined, { version, backups_holding: backups, masterKeyAdded: newMasterKey, rewrappedFrom });
       return { version, destroyedAt: destroyedAt.toISOString(), jobId: job.id, backupsHolding: backups, newMasterKey };
@@ -192,7 +185,7 @@ export async function destroyDataKey(pool: Pool, version: number, opts: DestroyO
   }
 }
 
-export interface PruneOptions {
+export interface PruneOptions extends JobActorOption {
   /** Backups finished within this many ms are kept: the master keys they need stay. */
   backupRetentionMs?: number;
   masterKeyFile?: string;
@@ -228,11 +221,7 @@ export async function planPruneMasterKeys(pool: Pool, opts: PruneOptions = {}): 
   const since = new Date(Date.now() - (opts.backupRetentionMs ?? DEFAULT_BACKUP_RETENTION_MS));
   const backups = await kekIdsOfBackups(pool, since);
   // Master keys this database added or re-wrapped its DEKs away from (rotate, keys destroy).
-  const jobs = await pool.query<{ id: string }>(
-    `SELECT detail->>'masterKeyAdded' AS id FROM alation_keys.jobs WHERE detail->>'masterKeyAdded' IS NOT NULL
-     UNION SELECT jsonb_array_elements_text(detail->'rewrappedFrom') FROM alation_keys.jobs WHERE jsonb_typeof(detail->'rewrappedFrom') = 'array'`,
-  );
-  const recorded = new Set([...rows.map((r) => r.kek_id), ...backups.recorded, ...jobs.rows.map((r) => r.id)]);
+  const recorded = new Set([...rows.map((r) => r.kek_id), ...backups.recorded, ...(await masterKeyIdsInJobs(pool))]);
   plan.current = ids[ids.length - 1] ?? null;
   for (const id of ids) {
     if (id === plan.current) continue;
@@ -251,7 +240,7 @@ export async function pruneMasterKeys(pool: Pool, opts: PruneOptions = {}): Prom
   try {
     const plan = await planPruneMasterKeys(pool, opts);
     if (opts.dryRun || plan.removable.length === 0) return { ...plan, removed: [], jobId: null };
-    const job = await createJob(pool, { kind: 'keys-prune', detail: { masterKeyFile: plan.masterKeyFile, removable: plan.removable } });
+    const job = await createJob(pool, { actor: opts.actor, kind: 'keys-prune', detail: { masterKeyFile: plan.masterKeyFile, removable: plan.removable } });
     try {
       const removed = await removeMasterKeys(plan.masterKeyFile, new Set(plan.removable));
       await finishJob(pool, job.id, 'succeeded', undefined, { masterKeyFile: plan.masterKeyFile, removed });

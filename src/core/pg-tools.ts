@@ -88,7 +88,8 @@ export interface FindPgToolOptions {
   minReason: string;
   /** The flag that points at a binary, for the hint: "--pg-dump PATH". */
   flag: string;
-  env?: NodeJS.ProcessEnv;
+  /** Whose PATH is searched: the caller's environment. */
+  env: NodeJS.ProcessEnv;
   /** Roots holding per-version installs (tests). Default /usr/lib/postgresql/<major>/bin and /usr/pgsql-<major>/bin. */
   versionedDirs?: () => Array<{ dir: string; major: number }>;
 }
@@ -137,7 +138,7 @@ export function findPgTool(tool: PgTool, opts: FindPgToolOptions): FoundPgTool {
     }
     return { tool, ...unwrapDebianWrapper(p, tool, v) };
   }
-  const env = opts.env ?? process.env;
+  const env = opts.env;
   const candidates: string[] = [];
   for (const dir of (env.PATH ?? '').split(path.delimiter)) if (dir) candidates.push(path.join(dir, tool));
   for (const d of (opts.versionedDirs ?? defaultVersionedDirs)()) candidates.push(path.join(d.dir, tool));
@@ -171,9 +172,9 @@ export function findPgTool(tool: PgTool, opts: FindPgToolOptions): FoundPgTool {
  */
 export function pgToolEnv(
   config: ClientConfig,
-  opts: { applicationName: string; database?: string; env?: NodeJS.ProcessEnv },
+  opts: { applicationName: string; database?: string; env: NodeJS.ProcessEnv },
 ): NodeJS.ProcessEnv {
-  const base = opts.env ?? process.env;
+  const base = opts.env;
   const out: NodeJS.ProcessEnv = { ...base };
   const set = (k: string, v: string | number | undefined | null) => {
     if (v !== undefined && v !== null && v !== '') out[k] = String(v);

@@ -26,3 +26,12 @@ export function masterKeyRewriteHooks(env: NodeJS.ProcessEnv = process.env): Rew
     inRewriteWindow: windowMs > 0 ? () => new Promise<void>((resolve) => setTimeout(resolve, windowMs)) : undefined,
   };
 }
+
+/**
+ * ALATION_KEYS_TEST_FREE_BYTES=<bytes>: the free space the disk checks see (rotate's headroom
+ * and backup's), to exercise them without filling a disk.
+ */
+export function testFreeBytesOverride(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const fake = env.ALATION_KEYS_TEST_FREE_BYTES;
+  return fake !== undefined && fake !== '' ? Number(fake) : undefined;
+}

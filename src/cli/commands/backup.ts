@@ -26,15 +26,17 @@ function parseJobs(text: string | undefined): number | undefined {
 async function backupAction(ctx: CommandContext, opts: { out?: string; jobs?: string; pgDump?: string }) {
   const jobs = parseJobs(opts.jobs);
   const signal = ctx.handleInterrupts();
-  const dir = resolveBackupDir(opts.out);
+  const dir = ctx.backupDir(opts.out);
   const progress = ctx.io.progress(`backing up to ${dir}`);
   let result;
   try {
     result = await takeBackup(ctx.pool, {
       outDir: dir,
       jobs,
-      pgDump: opts.pgDump,
+      pgDump: opts.pgDump ?? ctx.env.ALATION_KEYS_PG_DUMP,
       databaseUrl: ctx.globals.databaseUrl,
+      actor: ctx.actor,
+      env: ctx.env,
       masterKeyFile: ctx.globals.masterKeyFile,
       signal,
       onProgress: (p) => progress.update(`pg_dump: ${formatBytes(p.bytes)} written, ${elapsed(p.elapsedMs)} elapsed`),
@@ -152,7 +154,8 @@ export function register(program: Command, run: Runner): void {
           offline: !!opts.offline,
           masterKeyFile: ctx.globals.masterKeyFile,
           awsProfile: ctx.globals.profile,
-          pgRestore: opts.pgRestore,
+          pgRestore: opts.pgRestore ?? ctx.env.ALATION_KEYS_PG_RESTORE,
+          env: ctx.env,
         });
       } catch (err) {
         progress.fail('verification could not run');

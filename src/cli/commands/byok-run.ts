@@ -74,7 +74,7 @@ async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace
   const progress = ctx.io.progress('taking the maintenance lock');
   let result;
   try {
-    result = await applyOnboarding(ctx.pool, plan, { ...ctx.providerOptions, onProgress: (t) => progress.update(t) });
+    result = await applyOnboarding(ctx.pool, plan, { ...ctx.providerOptions, actor: ctx.actor, onProgress: (t) => progress.update(t) });
   } catch (err) {
     progress.fail(`onboarding failed; keyring and settings are unchanged`);
     throw err;

@@ -46,6 +46,7 @@ export function register(program: Command, run: Runner): void {
         backupRetentionMs: parseDuration(flags.backupRetention ?? '30d', '--backup-retention'),
         force: !!flags.force,
         providerOptions: ctx.providerOptions,
+        actor: ctx.actor,
       };
       const plan = await planDestroy(ctx.pool, version, opts);
       if (plan.alreadyDestroyed) {
@@ -97,6 +98,7 @@ export function register(program: Command, run: Runner): void {
       const opts = {
         backupRetentionMs: parseDuration(flags.backupRetention ?? '30d', '--backup-retention'),
         masterKeyFile: ctx.globals.masterKeyFile,
+        actor: ctx.actor,
       };
       const plan = await planPruneMasterKeys(ctx.pool, opts);
       if (!flags.dryRun && plan.removable.length) {

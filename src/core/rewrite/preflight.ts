@@ -2,6 +2,7 @@
  * Checks before a rewrite job touches anything: a resumable job, the key provider, disk
  * headroom, a recent backup, the columns' walk keys. Each throws a typed error naming the fix.
  */
+import { testFreeBytesOverride } from '../test-hooks';
 import { Pool } from 'pg';
 import { IntegrityError, InterruptedError, PreconditionError, ProviderError } from '../../errors';
 import { createKeyProvider, ProviderOptions } from '../../kms';
@@ -30,10 +31,9 @@ export async function findResumable(pool: Pool, primary: KeyringRow): Promise<Jo
 
 export async function checkHeadroom(pool: Pool, opts: HeadroomCheckOptions, events: { warn?(message: string): void }): Promise<Headroom> {
   const h = await measureHeadroom(pool, opts);
-  // TEST ONLY: ALATION_KEYS_TEST_FREE_BYTES overrides the free space seen, to exercise the check.
-  const fake = process.env.ALATION_KEYS_TEST_FREE_BYTES;
-  if (fake !== undefined && fake !== '') {
-    h.freeBytes = Number(fake);
+  const fake = testFreeBytesOverride();
+  if (fake !== undefined) {
+    h.freeBytes = fake;
     h.freeBytesSource = 'data-directory';
     h.ok = h.freeBytes >= h.requiredBytes;
     h.reason = undefined;

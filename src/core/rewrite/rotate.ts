@@ -19,13 +19,13 @@ import { Pool } from 'pg';
 import { acquireAdvisoryLock, HeldLock, MAINTENANCE_LOCK, withTransaction } from '../../db/transaction';
 import { requireInitialised } from '../../db/migrations';
 import { requireTablePrivileges, requireTemporaryTables } from '../../db/privileges';
-import { IntegrityError, InterruptedError, OperationError, PreconditionError } from '../../errors';
+import { IntegrityError, InterruptedError, OperationError, PreconditionError, UsageError } from '../../errors';
 import { ProviderOptions } from '../../kms';
 import { KeyProvider } from '../../kms/provider';
 import { takeBackup } from '../backup';
 import { nonEnvelopeError, nonEnvelopeProblems } from '../census';
 import { listColumns } from '../columns';
-import { createJob, describeLockHolder, finishJob, getJob, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
+import { createJob, describeLockHolder, finishJob, getJob, JobActorOption, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
 import { addPrimaryDataKey, liveKekIds, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
 import { masterKeyRewriteHooks } from '../test-hooks';
 import { ColumnState, initialState, nextPass, savedState, saveState, valuesBefore } from './checkpoint';
@@ -47,7 +47,7 @@ export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
 /** The application re-reads the keyring every 30 s by default; wait that long before the last count. */
 export const DEFAULT_SETTLE_MS = 35_000;
 
-export interface RotateOptions {
+export interface RotateOptions extends JobActorOption {
   dryRun?: boolean;
   ifOlderThanMs?: number;
   workers?: number;
@@ -58,6 +58,8 @@ export interface RotateOptions {
   skipBackupCheck?: boolean;
   backup?: boolean;
   backupDir?: string;
+  /** The pg_dump a --backup uses (else found on the environment's PATH or per-version directories). */
+  pgDump?: string;
   dataDir?: string;
   /** The operator's figure of free bytes on the server's volume (--free-space), for a server this host cannot see. */
   freeSpaceBytes?: number;
@@ -68,6 +70,8 @@ export interface RotateOptions {
   vacuumEveryBytes?: number;
   providerOptions?: ProviderOptions;
   databaseUrl?: string;
+  /** The environment a --backup's pg_dump runs with (PATH, libpq's PG* variables): the caller's. */
+  env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
 }
 
@@ -176,6 +180,9 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       const b = await takeBackup(pool, {
         outDir: opts.backupDir,
         lockHeld: true,
+        actor: opts.actor,
+        pgDump: opts.pgDump,
+        env: opts.env ?? noEnvironmentForBackup(),
         databaseUrl: opts.databaseUrl,
         masterKeyFile: opts.providerOptions?.masterKeyFile,
         signal: opts.signal,
@@ -210,7 +217,7 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       await reopenJob(pool, job.id);
       kekId = primary.kek_id;
     } else {
-      const created = await createKeyAndJob(pool, provider, plans, events);
+      const created = await createKeyAndJob(pool, provider, plans, events, opts.actor);
       job = created.job;
       newDek = created.dek;
       deks.set(job.to_version!, newDek);
@@ -234,6 +241,7 @@ async function createKeyAndJob(
   provider: KeyProvider,
   plans: ColumnPlan[],
   events: Events,
+  actor: string | undefined,
 ): Promise<{ job: JobRecord; dek: Buffer; kekId: string }> {
   const columns: Record<string, ColumnState> = {};
   let rowsTotal = 0;
@@ -254,6 +262,7 @@ async function createKeyAndJob(
     const rewrapped = newMasterKeyId ? await rewrapKeyring(tx, target, target) : 0;
     const added = await addPrimaryDataKey(tx, target);
     const job = await createJob(tx, {
+      actor,
       kind: 'rotate',
       fromVersion: added.previousPrimary,
       toVersion: added.version,
@@ -454,4 +463,8 @@ function interrupted(jobId: number): InterruptedError {
   return new InterruptedError(`interrupted: job ${jobId} checkpointed and marked interrupted`, {
     hint: 'run `alation-keys rotate` again to resume it from its checkpoints',
   });
+}
+
+function noEnvironmentForBackup(): never {
+  throw new UsageError('rotate with backup: true needs options.env, the environment pg_dump runs with (PATH, PG* variables)');
 }
