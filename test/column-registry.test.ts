@@ -153,7 +153,7 @@ describe('contexts and removed columns', () => {
     expect(list.json.columns.map((c: any) => c.column)).not.toContain('public.t.spare');
   });
 
-  test('columns remove keeps the row as `removed`: not listed, not usable, its context not reusable; re-adding gets it back', async () => {
+  test('columns remove keeps the row as `removed`: not listed, written as plaintext by the library, its context not reusable; re-adding gets it back', async () => {
     const removed = await runCli(['columns', 'remove', 'public.t.other'], { env });
     expect(removed.code).toBe(0);
     const row = await db.query(`SELECT context, state FROM alation_keys.encrypted_columns WHERE column_name = 'other'`);
@@ -164,7 +164,9 @@ describe('contexts and removed columns', () => {
     expect(status.json.columns.map((c: any) => c.column)).not.toContain('public.t.other');
     const k = await openKeyring({ pool: db.pool, masterKeyFile: env.ALATION_KEYS_MASTER_KEY_FILE });
     try {
-      await expect(k.encrypt('x', 'public.t.other')).rejects.toThrow(/not registered/);
+      // No longer encrypted by anyone (SPEC 4.2): an instance still calling the library keeps working.
+      expect(await k.encrypt('x', 'public.t.other')).toBe('x');
+      expect(await k.decrypt('x', 'public.t.other')).toBe('x');
     } finally {
       await k.close();
     }

@@ -6,7 +6,7 @@
 import { Storage } from '../crypto/envelope';
 import { headerSql, isEnvelopeSql, versionOfHeader } from '../crypto/envelope-sql';
 import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
-import { IntegrityError } from '../errors';
+import { IntegrityError, PreconditionError } from '../errors';
 import { formatColumnName } from './identifiers';
 
 /** A registered column as the census needs it (an EncryptedColumn fits). */
@@ -95,5 +95,21 @@ export function nonEnvelopeError(problems: string[], what: string, opts: { repor
   return new IntegrityError(`${what}: encrypted column(s) hold values that are not envelopes: ${problems.join('; ')}; nothing was changed`, undefined, {
     reported: opts.reported,
     hint: 'list them with `alation-keys verify COLUMN`; encrypt stray plaintext with `alation-keys encrypt COLUMN`; restore malformed values from a backup (or set them NULL)',
+  });
+}
+
+/**
+ * Columns in the middle of a conversion (`encrypting`, `decrypting`): one line each. A rotation
+ * waits for them, since their plaintext is neither under the old key nor the new one.
+ */
+export function convertingColumns(censuses: ColumnCensus[]): string[] {
+  return censuses
+    .filter((c) => c.state === 'encrypting' || c.state === 'decrypting')
+    .map((c) => `${c.column} is ${c.state} (${c.state === 'encrypting' ? `${c.plaintext} plaintext value(s) left` : `${c.envelopes} envelope(s) left`})`);
+}
+
+export function convertingError(lines: string[], what: string): PreconditionError {
+  return new PreconditionError(`${what}: ${lines.join('; ')}; nothing was changed`, {
+    hint: 'finish first: `alation-keys encrypt` for encrypting columns, `alation-keys decrypt COLUMN` for a decrypting one',
   });
 }

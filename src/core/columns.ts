@@ -3,7 +3,7 @@ import { Pool } from 'pg';
 import { PreconditionError, UsageError } from '../errors';
 import { Storage } from '../crypto/envelope';
 import { requireTablePrivileges } from '../db/privileges';
-import { Queryable } from '../db/transaction';
+import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
 import { formatColumnName, parseQualifiedName } from './identifiers';
 import { censusColumn } from './census';
 
@@ -86,6 +86,8 @@ export async function findWalkKey(db: Queryable, schema: string, table: string):
 export interface AddColumnResult {
   column: EncryptedColumn;
   added: boolean;
+  /** Values already in the column that are not envelopes (a column holding any starts `encrypting`). */
+  plaintext: number;
 }
 
 export async function addColumn(db: Queryable, name: string, opts: { context?: string } = {}): Promise<AddColumnResult> {
@@ -96,7 +98,7 @@ export async function addColumn(db: Queryable, name: string, opts: { context?: s
     throw new UsageError('--context must not be empty', { hint: 'leave --context out to use the column\'s quoted name' });
   }
   const existing = await findRegistryRow(db, schema, table, column);
-  if (existing && existing.state !== 'removed') return { column: existing, added: false };
+  if (existing && existing.state !== 'removed') return { column: existing, added: false, plaintext: 0 };
   if (existing && opts.context !== undefined && opts.context !== existing.context) {
     throw new UsageError(`${display} was registered before with context "${existing.context}"; a re-added column keeps it`, {
       hint: 'leave --context out: its old values verify only under their own context',
@@ -131,25 +133,29 @@ export async function addColumn(db: Queryable, name: string, opts: { context?: s
   }
   if (keyColumns.includes(column)) throw new UsageError(`column ${display} is part of the table's key and cannot be encrypted`);
   await requireTablePrivileges(db, [{ schema, table }], ['SELECT', 'UPDATE'], `to encrypt and rotate ${display}`);
+  // SPEC 4.2: a column that already holds plaintext starts `encrypting` (`encrypt` converts it in
+  // place); an empty one, or one holding only envelopes, starts `encrypted`.
+  const { plaintext } = await censusColumn(db, { table_schema: schema, table_name: table, column_name: column, storage: type as Storage });
+  const state: ColumnState = plaintext > 0 ? 'encrypting' : 'encrypted';
   if (existing) {
     const r = await db.query<EncryptedColumn>(
-      `UPDATE alation_keys.encrypted_columns SET state = 'encrypted', key_columns = $4, storage = $5
+      `UPDATE alation_keys.encrypted_columns SET state = $6, key_columns = $4, storage = $5
         WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 AND state = 'removed'
         RETURNING ${COLUMN_FIELDS}`,
-      [schema, table, column, keyColumns, type],
+      [schema, table, column, keyColumns, type, state],
     );
-    return { column: r.rows[0] ?? existing, added: true };
+    return { column: r.rows[0] ?? existing, added: true, plaintext };
   }
   const context = opts.context ?? (await defaultContext(db, schema, table, column));
   await refuseTakenContext(db, display, context, opts.context !== undefined);
   try {
     const r = await db.query<EncryptedColumn>(
-      `INSERT INTO alation_keys.encrypted_columns (table_schema, table_name, column_name, key_columns, storage, context)
-       VALUES ($1, $2, $3, $4, $5, $6)
+      `INSERT INTO alation_keys.encrypted_columns (table_schema, table_name, column_name, key_columns, storage, context, state)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)
        RETURNING ${COLUMN_FIELDS}`,
-      [schema, table, column, keyColumns, type, context],
+      [schema, table, column, keyColumns, type, context, state],
     );
-    return { column: r.rows[0], added: true };
+    return { column: r.rows[0], added: true, plaintext };
   } catch (err) {
     // Another registration took the context between the check and the insert.
     if ((err as { code?: string }).code === '23505') await refuseTakenContext(db, display, context, opts.context !== undefined);
@@ -219,6 +225,28 @@ export async function requireColumnType(db: Queryable, col: EncryptedColumn): Pr
 /** Envelopes in the column (plaintext and NULLs are not counted). */
 export async function countEncryptedValues(db: Queryable, col: EncryptedColumn): Promise<number> {
   return (await censusColumn(db, col)).envelopes;
+}
+
+/**
+ * Moves a column from one state to another (SPEC 4.2), only from one of `from`. With
+ * `unlessValuesSql` (a predicate on the column's values), only when no value of the table
+ * satisfies it, checked in the same statement. Returns whether the state changed.
+ */
+export async function changeColumnState(
+  db: Queryable,
+  col: Pick<EncryptedColumn, 'table_schema' | 'table_name' | 'column_name'>,
+  to: ColumnState,
+  from: ColumnState[],
+  unlessValuesSql?: (value: string) => string,
+): Promise<boolean> {
+  const table = qualifiedName(col.table_schema, col.table_name);
+  const guard = unlessValuesSql ? ` AND NOT EXISTS (SELECT 1 FROM ${table} AS t WHERE ${unlessValuesSql('t.' + quoteIdent(col.column_name))})` : '';
+  const r = await db.query(
+    `UPDATE alation_keys.encrypted_columns SET state = $4
+      WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 AND state = ANY($5::text[])${guard}`,
+    [col.table_schema, col.table_name, col.column_name, to, from],
+  );
+  return (r.rowCount ?? 0) > 0;
 }
 
 /** Unregisters a column; its row stays as `removed`, so its context is never given to another column. */

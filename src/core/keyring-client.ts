@@ -3,6 +3,12 @@
  * registered columns. DEKs are unwrapped once and cached, so a short key-provider outage
  * does not stop the application; the keyring is re-read every `refreshSeconds`, and once
  * more on meeting an unknown DEK version.
+ *
+ * Each column is handled as its state says (SPEC 4.2), learnt on the same refresh:
+ *   encrypted   writes envelopes; reads envelopes only (anything else is an IntegrityError)
+ *   encrypting  writes envelopes; reads envelopes, and returns a value that is not one as it is
+ *   decrypting  writes plaintext; reads both, as in `encrypting`
+ *   removed     as `decrypting` (the column is plaintext again; an instance may not know yet)
  */
 import { Pool } from 'pg';
 import { IntegrityError, PreconditionError, UsageError } from '../errors';
@@ -12,6 +18,7 @@ import {
   envelopeFromText,
   envelopeToText,
   envelopeVersion,
+  isStoredEnvelope,
   openEnvelope,
   sealEnvelope,
 } from '../crypto/envelope';
@@ -19,7 +26,7 @@ import { createPool } from '../db/connection';
 import { requireInitialised } from '../db/migrations';
 import { createKeyProvider } from '../kms';
 import { KeyProvider } from '../kms/provider';
-import { EncryptedColumn, listColumns } from './columns';
+import { EncryptedColumn, listColumnsEverRegistered } from './columns';
 import { parseQualifiedName } from './identifiers';
 import { primaryOf, readKeyring, unwrapKeyring } from './keyring';
 import { readSettings } from './settings';
@@ -57,6 +64,9 @@ export interface Keyring {
 
 const columnKey = (parts: string[]) => parts.join('\u0000');
 
+/** New values of a column in this state are written as plaintext. */
+const writesPlaintext = (col: EncryptedColumn) => col.state === 'decrypting' || col.state === 'removed';
+
 class KeyringClient implements Keyring {
   private deks = new Map<number, Buffer>();
   private primary = 0;
@@ -81,7 +91,7 @@ class KeyringClient implements Keyring {
   }
 
   private async reload(): Promise<void> {
-    const [settings, rows, cols] = await Promise.all([readSettings(this.pool), readKeyring(this.pool), listColumns(this.pool)]);
+    const [settings, rows, cols] = await Promise.all([readSettings(this.pool), readKeyring(this.pool), listColumnsEverRegistered(this.pool)]);
     if (!this.provider || (!this.opts.keyProvider && this.provider.kind !== (settings.kek_provider ?? 'local'))) {
       this.provider = this.opts.keyProvider ?? createKeyProvider(settings, this.opts);
     }
@@ -149,13 +159,12 @@ class KeyringClient implements Keyring {
     if (value === null || value === undefined) return null;
     await this.maybeRefresh();
     const col = await this.column(column);
+    if (col.storage === 'text' && typeof value !== 'string') throw new UsageError(`column ${column} stores text: pass a string`);
+    if (col.storage === 'bytea' && !Buffer.isBuffer(value)) throw new UsageError(`column ${column} stores bytea: pass a Buffer`);
+    if (writesPlaintext(col)) return value;
     const dek = this.deks.get(this.primary)!;
-    if (col.storage === 'text') {
-      if (typeof value !== 'string') throw new UsageError(`column ${column} stores text: pass a string`);
-      return envelopeToText(sealEnvelope(dek, this.primary, Buffer.from(value, 'utf8'), col.context));
-    }
-    if (!Buffer.isBuffer(value)) throw new UsageError(`column ${column} stores bytea: pass a Buffer`);
-    return sealEnvelope(dek, this.primary, value, col.context);
+    if (col.storage === 'text') return envelopeToText(sealEnvelope(dek, this.primary, Buffer.from(value as string, 'utf8'), col.context));
+    return sealEnvelope(dek, this.primary, value as Buffer, col.context);
   }
 
   async decrypt(value: PlainValue | null | undefined, column: string): Promise<any> {
@@ -163,6 +172,10 @@ class KeyringClient implements Keyring {
     await this.maybeRefresh();
     const col = await this.column(column);
     const where = { schema: col.table_schema, table: col.table_name, column: col.column_name };
+    // Plaintext is a legal value while a column is converted (either way) and once it is removed.
+    if (col.state !== 'encrypted' && (typeof value === 'string' || Buffer.isBuffer(value)) && !isStoredEnvelope(value)) {
+      return col.storage === 'text' ? String(value) : value;
+    }
     let envelope: Buffer;
     let version: number;
     try {

@@ -110,6 +110,8 @@ export async function collectStatus(
     if (c.plaintext > 0 && c.state === 'encrypted') {
       attention.push(`${c.column}: ${c.plaintext} plaintext value(s) in an encrypted column; run \`alation-keys verify ${c.column}\`, then \`alation-keys encrypt ${c.column}\``);
     }
+    if (c.state === 'encrypting') attention.push(`${c.column} is encrypting: ${c.plaintext} plaintext value(s) left; run \`alation-keys encrypt ${c.column}\``);
+    if (c.state === 'decrypting') attention.push(`${c.column} is decrypting: ${Object.values(c.versions).reduce((a, n) => a + n, c.malformed)} envelope(s) left; run \`alation-keys decrypt ${c.column}\` to finish`);
     for (const [v, n] of Object.entries(c.versions)) {
       const state = known.get(v);
       if (!state) attention.push(`${c.column}: ${n} value(s) use data key v${v}, which the keyring does not have`);

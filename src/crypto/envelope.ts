@@ -156,3 +156,19 @@ export function envelopeFromTextBytes(raw: Buffer): Buffer {
 export function storedValueVersion(value: Buffer | string): number {
   return envelopeVersion(typeof value === 'string' ? envelopeFromText(value) : value);
 }
+
+/**
+ * Whether a stored value is an envelope in the sense of SPEC 4.2 (what a column in state
+ * `encrypting` or `decrypting` tells apart from plaintext): a text value starting with `ak1:`,
+ * a bytea value whose first three bytes are magic and format. Nothing about the rest is checked.
+ */
+export function isStoredEnvelope(value: Buffer | string): boolean {
+  if (typeof value === 'string') return value.startsWith(TEXT_PREFIX);
+  return value.length >= 3 && value[0] === MAGIC_0 && value[1] === MAGIC_1 && value[2] === ENVELOPE_FORMAT_V1;
+}
+
+/** isStoredEnvelope for the raw bytes of a stored value as binary COPY gives them. */
+export function isStoredEnvelopeBytes(raw: Buffer, storage: Storage): boolean {
+  if (storage === 'bytea') return isStoredEnvelope(raw);
+  return raw.length >= TEXT_PREFIX_BYTES.length && raw.compare(TEXT_PREFIX_BYTES, 0, TEXT_PREFIX_BYTES.length, 0, TEXT_PREFIX_BYTES.length) === 0;
+}

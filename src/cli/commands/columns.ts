@@ -45,13 +45,17 @@ export function register(program: Command, run: Runner): void {
   add.action(
     run('columns', add, async (ctx, [name], opts) => {
       await requireInitialised(ctx.pool);
-      const { column, added } = await addColumn(ctx.pool, name, { context: opts.context });
-      if (ctx.globals.json) return ctx.io.printJson({ added, column: { column: formatColumnName(column), ...column } });
-      ctx.io.print(
-        added
-          ? `registered ${formatColumnName(column)} (${column.storage}, walked by ${column.key_columns.join(', ')}, context "${column.context}")`
-          : `${formatColumnName(column)} is already registered; nothing to do`,
-      );
+      const { column, added, plaintext } = await addColumn(ctx.pool, name, { context: opts.context });
+      const display = formatColumnName(column);
+      const next = column.state === 'encrypting' ? `alation-keys encrypt ${display}` : null;
+      if (ctx.globals.json) return ctx.io.printJson({ added, state: column.state, plaintext, next, column: { column: display, ...column } });
+      if (!added) return ctx.io.print(`${display} is already registered (${column.state}); nothing to do`);
+      ctx.io.print(`registered ${display} (${column.storage}, walked by ${column.key_columns.join(', ')}, context "${column.context}"): ${column.state}`);
+      if (next) {
+        ctx.io.print(
+          `it holds ${plaintext} plaintext value(s): the library now writes envelopes and still reads the plaintext; encrypt it in place with \`${next}\``,
+        );
+      }
     }),
   );
 

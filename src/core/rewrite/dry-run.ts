@@ -6,7 +6,7 @@ import { Pool } from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { advisoryLockHolder } from '../../db/transaction';
 import { ProviderOptions } from '../../kms';
-import { nonEnvelopeProblems } from '../census';
+import { convertingColumns, nonEnvelopeProblems } from '../census';
 import { listColumns } from '../columns';
 import { Headroom, HeadroomOptions, measureHeadroom } from '../headroom';
 import { describeLockHolder, JobRecord, lastSucceededJob } from '../jobs';
@@ -70,6 +70,7 @@ export async function dryRun(pool: Pool, opts: DryRunOptions, rows: KeyringRow[]
   const plans = await planColumns(pool, cols);
   const censuses = await censusColumns(pool, cols);
   const nonEnvelopes = nonEnvelopeProblems(censuses);
+  for (const x of convertingColumns(censuses)) preflight.push(x);
   for (const x of nonEnvelopes) preflight.push(`values that are not envelopes in ${x}`);
   const targetVersion = resumable?.to_version ?? Math.max(...rows.map((r) => r.version)) + 1;
   const columns: RotatePlan['columns'] = [];

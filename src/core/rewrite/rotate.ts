@@ -23,7 +23,7 @@ import { IntegrityError, InterruptedError, OperationError, PreconditionError, Us
 import { ProviderOptions } from '../../kms';
 import { KeyProvider } from '../../kms/provider';
 import { takeBackup } from '../backup';
-import { nonEnvelopeError, nonEnvelopeProblems } from '../census';
+import { convertingColumns, convertingError, nonEnvelopeError, nonEnvelopeProblems } from '../census';
 import { listColumns } from '../columns';
 import { createJob, describeLockHolder, finishJob, getJob, JobActorOption, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
 import { addPrimaryDataKey, liveKekIds, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
@@ -162,7 +162,10 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
   const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid), MAINTENANCE_LOCK);
   try {
     await markOrphanedJobs(pool, { holdingLock: true });
-    const problems = nonEnvelopeProblems(await censusColumns(pool, await listColumns(pool)));
+    const censuses = await censusColumns(pool, await listColumns(pool));
+    const converting = convertingColumns(censuses);
+    if (converting.length > 0) throw convertingError(converting, 'rotate refused');
+    const problems = nonEnvelopeProblems(censuses);
     if (problems.length > 0) throw nonEnvelopeError(problems, 'rotate refused');
     resumable = await findResumable(pool, primary);
     if (resumable) {
