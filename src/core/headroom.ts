@@ -10,6 +10,9 @@ import { UsageError } from '../errors';
 
 export const HEADROOM_FACTOR = 1.5;
 
+/** The rule in words, for messages and help ("1.5 × the database size"). */
+export const HEADROOM_RULE = `${HEADROOM_FACTOR} × the database size`;
+
 export interface Headroom {
   databaseBytes: number;
   requiredBytes: number;
@@ -78,6 +81,11 @@ export async function measureHeadroom(db: Queryable, opts: HeadroomOptions = {})
     return unknown(dir, `cannot see the data directory ${dir} from this host (${(err as NodeJS.ErrnoException).code ?? 'error'}); ${WHEN_UNSEEN}, or --data-dir`);
   }
   return { databaseBytes, requiredBytes, freeBytes: free, freeBytesSource: 'data-directory', dataDirectory: dir, ok: free >= requiredBytes };
+}
+
+/** What a rotation needs and why: "3.0 MB (1.5 × the database, 2.0 MB)". */
+export function describeRequired(h: Pick<Headroom, 'requiredBytes' | 'databaseBytes'>): string {
+  return `${formatBytes(h.requiredBytes)} (${HEADROOM_FACTOR} × the database, ${formatBytes(h.databaseBytes)})`;
 }
 
 /** Where the free figure came from, for messages: "on /var/lib/…" or "(--free-space, the operator's figure)". */

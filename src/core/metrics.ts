@@ -5,6 +5,7 @@
  * events of this process, so none is a counter ending in `_total`.
  */
 import { Pool } from 'pg';
+import { HEADROOM_RULE } from './headroom';
 import { JOB_STATES, latestJobPerKind, LatestJob } from './jobs';
 import { collectStatus, StatusReport } from './status';
 
@@ -95,7 +96,7 @@ export function statusMetrics(report: StatusReport, latestJobs: LatestJob[], now
   if (h.freeBytes !== null) {
     gauge('disk_free_bytes', "Free bytes on the filesystem of the server's data directory.", one(h.freeBytes));
   }
-  gauge('disk_needed_bytes', 'Free bytes a rotation needs (1.5 times the database size).', one(h.requiredBytes));
+  gauge('disk_needed_bytes', `Free bytes a rotation needs (${HEADROOM_RULE}).`, one(h.requiredBytes));
   gauge('database_size_bytes', 'Size of the database (pg_database_size).', one(h.databaseBytes));
 
   if (report.provider.reachable !== null) {

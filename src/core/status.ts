@@ -4,7 +4,7 @@ import { requireInitialised } from '../db/migrations';
 import { createKeyProvider, ProviderOptions } from '../kms';
 import { censusColumn, ColumnCensus } from './census';
 import { columnTypeProblem, EncryptedColumn, listColumns } from './columns';
-import { Headroom, HeadroomOptions, measureHeadroom } from './headroom';
+import { Headroom, HEADROOM_RULE, HeadroomOptions, measureHeadroom } from './headroom';
 import { formatColumnName } from './identifiers';
 import { JobRecord, lastSucceededJob, listJobs, markOrphanedJobs } from './jobs';
 import { KeyringRow, readKeyring } from './keyring';
@@ -137,7 +137,7 @@ export async function collectStatus(
   }
 
   const headroom = await measureHeadroom(pool, opts);
-  if (headroom.ok === false) attention.push('not enough free disk for a rotation (needs 1.5 × the database size)');
+  if (headroom.ok === false) attention.push(`not enough free disk for a rotation (needs ${HEADROOM_RULE})`);
 
   const jobs = await listJobs(pool, { limit: 10 });
   for (const j of jobs) {

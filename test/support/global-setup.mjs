@@ -30,9 +30,11 @@ async function startEmbedded(major) {
     major,
     flags: ['-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'],
   });
-  globalThis.__ALATION_KEYS_PG__ = { pg: server, dir };
+  // Where this run's server is, for a person looking at a hung run; the teardown removes it.
+  const serverFile = join(tmpdir(), `alation-keys-test-server-${process.pid}.json`);
+  globalThis.__ALATION_KEYS_PG__ = { pg: server, dir, serverFile };
   process.env.ALATION_KEYS_TEST_DATA_DIR = dir;
-  writeFileSync(join(tmpdir(), `alation-keys-test-server-${process.pid}.json`), JSON.stringify({ url: server.adminUrl, dir }));
+  writeFileSync(serverFile, JSON.stringify({ url: server.adminUrl, dir }));
   return server.adminUrl;
 }
 

@@ -1,5 +1,5 @@
 import { Command } from 'commander';
-import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
+import { describeFreeSpace, describeRequired, HEADROOM_RULE, parseByteSize } from '../../core/headroom';
 import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rewrite/rotate';
 import { nonEnvelopeError } from '../../core/census';
 import { resolveBackupDir } from '../../core/backup';
@@ -25,7 +25,7 @@ export function register(program: Command, run: Runner): void {
     .option('--backup-dir <dir>', 'where --backup writes (else $ALATION_KEYS_BACKUP_DIR, else /var/backups/alation-keys)')
     .option('--data-dir <path>', "the server's data directory as mounted on this host, for the disk headroom check")
     .option('--free-space <bytes>', "free space on the server's volume (e.g. 120GB), for a server whose data directory this host cannot see")
-    .option('--skip-disk-check', 'rotate without the disk headroom check (free ≥ 1.5 × database size)')
+    .option('--skip-disk-check', `rotate without the disk headroom check (free ≥ ${HEADROOM_RULE})`)
     .option('--settle-time <duration>', 'wait at least this long after the new key is published before the final count (application instances re-read the keyring every 30 s)', '35s');
   cmd.action(
     run('rotate', cmd, async (ctx, _args, opts) => {
@@ -147,7 +147,7 @@ function renderPlan(io: IOStreams, p: RotatePlan): string {
   );
   const h = p.headroom;
   out.push(
-    `disk: needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}), ${h.freeBytes === null ? `free unknown (${h.reason})` : describeFreeSpace(h)}`,
+    `disk: needs ${describeRequired(h)}, ${h.freeBytes === null ? `free unknown (${h.reason})` : describeFreeSpace(h)}`,
   );
   out.push(p.backup ? `last backup: job ${p.backup.jobId}, ${p.backup.ageHours}h ago` : 'last backup: none recorded');
   out.push(

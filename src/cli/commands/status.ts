@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { collectStatus, ColumnVersionCounts, StatusReport } from '../../core/status';
-import { describeFreeSpace, formatBytes, parseByteSize } from '../../core/headroom';
+import { describeFreeSpace, describeRequired, formatBytes, parseByteSize } from '../../core/headroom';
 import { collectMetrics } from '../../core/metrics';
 import { PreconditionError, UsageError } from '../../errors';
 import { replaceFileAtomically } from '../../files/atomic-file';
@@ -100,7 +100,7 @@ export function renderStatus(io: IOStreams, r: StatusReport): string {
   out.push(
     h.freeBytes === null
       ? `disk headroom: unknown (${h.reason}); a rotation needs ${formatBytes(h.requiredBytes)}`
-      : `disk headroom: ${describeFreeSpace(h)}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)}) ${h.ok ? io.ok('ok') : io.bad('NOT ENOUGH')}`,
+      : `disk headroom: ${describeFreeSpace(h)}, a rotation needs ${describeRequired(h)} ${h.ok ? io.ok('ok') : io.bad('NOT ENOUGH')}`,
   );
   if (r.recentJobs.length) {
     out.push('');

@@ -9,7 +9,7 @@ import { createKeyProvider, ProviderOptions } from '../../kms';
 import { KeyProvider } from '../../kms/provider';
 import { censusColumn, ColumnCensus } from '../census';
 import { EncryptedColumn, requireColumnType } from '../columns';
-import { describeFreeSpace, formatBytes, Headroom, HeadroomOptions, measureHeadroom } from '../headroom';
+import { describeFreeSpace, describeRequired, Headroom, HeadroomOptions, measureHeadroom } from '../headroom';
 import { JobRecord, lastSucceededJob, listJobs } from '../jobs';
 import { KeyringRow, unwrapKeyring } from '../keyring';
 import { readSettings } from '../settings';
@@ -43,13 +43,13 @@ export async function checkHeadroom(pool: Pool, opts: HeadroomCheckOptions, even
     return h;
   }
   if (h.ok === null) {
-    throw new PreconditionError(`disk headroom is unknown: ${h.reason}; a rotation needs ${formatBytes(h.requiredBytes)} free (1.5 × the database, ${formatBytes(h.databaseBytes)})`, {
+    throw new PreconditionError(`disk headroom is unknown: ${h.reason}; a rotation needs ${describeRequired(h)} free`, {
       hint: "pass --free-space BYTES with the free space on the server's volume, or --data-dir with the server's data directory as mounted here",
     });
   }
   if (!h.ok) {
     throw new PreconditionError(
-      `not enough disk headroom: ${describeFreeSpace(h)}, a rotation needs ${formatBytes(h.requiredBytes)} (1.5 × the database, ${formatBytes(h.databaseBytes)})`,
+      `not enough disk headroom: ${describeFreeSpace(h)}, a rotation needs ${describeRequired(h)}`,
       { hint: 'free some space on the database volume, or pass --skip-disk-check to override knowingly' },
     );
   }
@@ -58,8 +58,8 @@ export async function checkHeadroom(pool: Pool, opts: HeadroomCheckOptions, even
 
 export function describeHeadroom(h: Headroom): string {
   return h.freeBytes === null
-    ? `unknown (${h.reason}), needs ${formatBytes(h.requiredBytes)}`
-    : `${describeFreeSpace(h)}, needs ${formatBytes(h.requiredBytes)} (1.5 × ${formatBytes(h.databaseBytes)})`;
+    ? `unknown (${h.reason}), needs ${describeRequired(h)}`
+    : `${describeFreeSpace(h)}, needs ${describeRequired(h)}`;
 }
 
 export async function checkBackup(pool: Pool, maxAgeMs: number): Promise<JobRecord> {
