@@ -27,7 +27,7 @@ import {
   markOrphanedJobs,
   succeededBackupKeyLists,
 } from './jobs';
-import { readKeyring } from './keyring';
+import { KeyringRow, readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, parsePgToolVersion } from './pg-tools';
 import { readSettings, Settings } from './settings';
 
@@ -279,198 +279,30 @@ function locate(fileArg: string): { dump: string; manifest: string } {
  * the backup could not be restored with today's keys.
  */
 export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts: VerifyOptions): Promise<VerifyReport> {
-  const env = opts.env;
   const offline = !!opts.offline || !pool;
   if (!offline) await requireInitialised(pool!);
   const { dump, manifest: manifestPath } = locate(fileArg);
-  const checks: VerifyCheck[] = [];
-  const name = path.basename(dump);
-
-  // 1. The manifest: next to the dump, else the one in the job record.
-  let manifest: BackupManifest | undefined;
-  let source: 'file' | 'job' = 'file';
-  let manifestProblem: string | undefined;
-  if (fs.existsSync(manifestPath)) {
-    try {
-      manifest = parseManifest(fs.readFileSync(manifestPath, 'utf8'), manifestPath);
-    } catch (err) {
-      manifestProblem = (err as Error).message;
-    }
-  }
-  const jobRows = offline ? [] : await backupManifestsForFile<BackupManifest>(pool!, name);
-  const fromJob = manifest ? jobRows.find((r) => r.id === manifest!.job_id) : jobRows[0];
-  if (!manifest) {
-    if (!fromJob) {
-      throw new PreconditionError(
-        `no manifest for ${dump}: ${manifestProblem ?? `${manifestPath} does not exist`}${offline ? '' : ', and no backup job in this database recorded it'}`,
-        { hint: `keep ${path.basename(manifestPath)} next to the dump, and verify against the database the backup was taken from` },
-      );
-    }
-    manifest = fromJob.manifest;
-    source = 'job';
-  }
-  if (manifestProblem) {
-    checks.push({ check: 'manifest', ok: false, detail: `${manifestProblem}; used the copy in job ${fromJob!.id}` });
-  } else if (source === 'job') {
-    checks.push({ check: 'manifest', ok: true, detail: `${manifestPath} is missing; used the copy in job ${fromJob!.id}` });
-  } else if (fromJob && (fromJob.manifest.sha256 !== manifest.sha256 || fromJob.manifest.bytes !== manifest.bytes)) {
-    checks.push({
-      check: 'manifest',
-      ok: false,
-      detail: `${manifestPath} disagrees with job ${fromJob.id}: the job recorded sha256 ${fromJob.manifest.sha256} (${fromJob.manifest.bytes} bytes), the file says ${manifest.sha256} (${manifest.bytes} bytes)`,
-    });
-  } else if (manifest.file !== name) {
-    checks.push({ check: 'manifest', ok: false, detail: `the manifest describes ${manifest.file}, not ${name}` });
-  } else {
-    checks.push({
-      check: 'manifest',
-      ok: true,
-      detail: fromJob ? `matches job ${fromJob.id}` : offline ? 'read from the file (offline: not compared with the job record)' : 'no job record in this database (verified from the file alone)',
-    });
-  }
-
-  // 2. Checksum.
-  const sum = await checksumDump(dump, opts.signal);
+  const found = await findManifest(offline ? undefined : pool, dump, manifestPath);
+  const { manifest, source, fromJob } = found;
+  const checks: VerifyCheck[] = [found.check];
   // The job record in the database is authoritative: an edited manifest file cannot vouch for an edited dump.
-  const expected = fromJob?.manifest ?? manifest;
-  if (sum.sha256 === expected.sha256 && sum.bytes === expected.bytes) {
-    checks.push({ check: 'checksum', ok: true, detail: `sha256 ${sum.sha256}, ${sum.bytes} bytes` });
-  } else {
-    let detail = `sha256 ${sum.sha256} (${sum.bytes} bytes) does not match the manifest's ${expected.sha256} (${expected.bytes} bytes)`;
-    if (sum.files && expected.files) {
-      const want = new Map(expected.files.map((f) => [f.name, f.sha256]));
-      const bad = sum.files.filter((f) => want.get(f.name) !== f.sha256).map((f) => f.name);
-      const gone = expected.files.filter((f) => !sum.files!.some((g) => g.name === f.name)).map((f) => f.name);
-      if (bad.length) detail += `; changed: ${bad.join(', ')}`;
-      if (gone.length) detail += `; missing: ${gone.join(', ')}`;
-    }
-    checks.push({ check: 'checksum', ok: false, detail });
-  }
-
-  // 3. The archive reads.
-  let archiveEntries: number | null = null;
-  const dumpVersion = parsePgToolVersion(`(PostgreSQL) ${manifest.pg_dump?.version ?? '0'}`)?.num ?? 0;
-  const pgRestore: FoundPgTool = findPgTool('pg_restore', {
-    explicit: opts.pgRestore,
-    minVersionNum: dumpVersion,
-    minReason: `the backup was written by pg_dump ${manifest.pg_dump?.version ?? 'unknown'}`,
-    flag: '--pg-restore PATH',
-    env,
-  });
-  const list = await run(pgRestore.path, ['--list', dump], env);
-  if (list.code === 0) {
-    archiveEntries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
-    checks.push({ check: 'archive', ok: true, detail: `pg_restore --list reads ${archiveEntries} entries (${pgRestore.path} ${pgRestore.version.text})` });
-  } else {
-    checks.push({
-      check: 'archive',
-      ok: false,
-      detail: `pg_restore --list failed${list.error ? `: ${list.error.message}` : ''}: ${list.stderr.trim().split('\n').slice(-3).join('; ')}`,
-    });
-  }
-
-  // 4. The keys a restore needs.
-  const keys: VerifyKeyResult[] = [];
-  let inDump: ReturnType<typeof parseDumpKeyring> = [];
-  let dumpSettings: Settings = {};
-  if (list.code === 0) {
-    const data = await run(pgRestore.path, ['--data-only', '--schema=alation_keys', '--table=keyring', '--table=settings', '--file=-', dump], env);
-    if (data.code === 0) {
-      inDump = parseDumpKeyring(data.stdout);
-      dumpSettings = parseDumpSettings(data.stdout);
-    }
-  }
+  checks.push(await checksumCheck(dump, fromJob?.manifest ?? manifest, opts.signal));
+  const archive = await readArchive(dump, manifest, opts);
+  checks.push(archive.check);
   // Offline, the dump's own settings say which KMS key and role a restore would use.
-  const settings = offline ? dumpSettings : await readSettings(pool!);
-  const needed = manifest.keys.deks.filter((d) => d.needed);
+  const settings = offline ? archive.settings : await readSettings(pool!);
+  const today = offline ? undefined : new Map((await readKeyring(pool!)).map((r) => [r.version, r]));
   const keyProblems: string[] = [];
   if (!offline && manifest.installation_id && settings.installation_id && manifest.installation_id !== settings.installation_id) {
     keyProblems.push(
       `the backup is of installation ${manifest.installation_id}, but this database is installation ${settings.installation_id}; verify against the database it came from`,
     );
   }
-  const today = offline ? undefined : new Map((await readKeyring(pool!)).map((r) => [r.version, r]));
-  let local: LocalKeyProvider | undefined;
-  let localError: string | undefined;
-  let kms: KeyProvider | undefined;
-  let kmsError: string | undefined;
-  for (const d of needed) {
-    const row = today?.get(d.version);
-    const res: VerifyKeyResult = { version: d.version, kekProvider: d.kek_provider, kekId: d.kek_id, stateNow: row?.state ?? null, ok: false, detail: '' };
-    keys.push(res);
-    if (today && !row) {
-      res.detail = `data key v${d.version} is not in today's keyring`;
-      continue;
-    }
-    if (row?.state === 'destroyed') {
-      res.detail = `data key v${d.version} was destroyed${row.destroyed_at ? ` on ${row.destroyed_at.toISOString()}` : ''}; values in this backup that use it cannot be read`;
-      continue;
-    }
-    const dumped = inDump.find((k) => k.version === d.version);
-    if (!dumped || !dumped.wrapped) {
-      res.detail = list.code === 0 ? `data key v${d.version} is not in the dump's alation_keys.keyring` : 'the archive could not be read';
-      continue;
-    }
-    let provider: KeyProvider | undefined;
-    if (dumped.kekProvider === 'local') {
-      if (!local && !localError) {
-        try {
-          local = new LocalKeyProvider(resolveMasterKeyPath(opts.masterKeyFile, env));
-        } catch (err) {
-          localError = (err as Error).message;
-        }
-      }
-      provider = local;
-      if (!provider) {
-        res.detail = `cannot read the master key file: ${localError}`;
-        continue;
-      }
-    } else if (dumped.kekProvider === 'aws-kms') {
-      if (!kms && !kmsError) {
-        if (opts.keyProvider) kms = opts.keyProvider;
-        else if ((settings.kek_provider ?? 'local') !== 'aws-kms' || !settings.aws) kmsError = 'this installation no longer uses aws-kms';
-        else {
-          try {
-            kms = createKeyProvider(settings, { masterKeyFile: opts.masterKeyFile, awsProfile: opts.awsProfile });
-          } catch (err) {
-            kmsError = (err as Error).message;
-          }
-        }
-      }
-      provider = kms;
-      if (!provider) {
-        res.detail = `cannot use KMS key ${dumped.kekId}: ${kmsError}`;
-        continue;
-      }
-    } else {
-      res.detail = `unknown KEK provider ${dumped.kekProvider}`;
-      continue;
-    }
-    try {
-      const dek = await provider.unwrapDataKey(d.version, dumped.wrapped, dumped.kekId);
-      dek.fill(0);
-      res.ok = true;
-      res.detail = `unwraps with ${dumped.kekProvider === 'local' ? 'master key' : 'KMS key'} ${dumped.kekId}${offline ? ' (offline: not checked against the live keyring)' : ''}`;
-    } catch (err) {
-      res.detail = `does not unwrap with today's keys: ${(err as Error).message}`;
-    }
-  }
-  const badKeys = keys.filter((k) => !k.ok);
-  if (keyProblems.length || badKeys.length) {
-    checks.push({
-      check: 'keys',
-      ok: false,
-      detail: [...keyProblems, ...badKeys.map((k) => `v${k.version}: ${k.detail}`)].join('; '),
-    });
-  } else {
-    checks.push({
-      check: 'keys',
-      ok: true,
-      detail: needed.length
-        ? `data key(s) ${needed.map((d) => `v${d.version}`).join(', ')} available (KEK ${manifest.keys.kek_ids.join(', ')})`
-        : 'the backup needs no data key',
-    });
-  }
+  const needed = manifest.keys.deks.filter((d) => d.needed);
+  const providers = new DumpKeyProviders(settings, opts);
+  const keys: VerifyKeyResult[] = [];
+  for (const d of needed) keys.push(await checkNeededKey(d, today, archive, providers, offline));
+  checks.push(keysCheck(manifest, needed, keys, keyProblems));
   return {
     ok: checks.every((c) => c.ok),
     file: dump,
@@ -479,8 +311,208 @@ export async function verifyBackup(pool: Pool | undefined, fileArg: string, opts
     jobId: manifest.job_id ?? fromJob?.id ?? null,
     checks,
     keys,
-    archiveEntries,
+    archiveEntries: archive.entries,
     offline,
     manifest,
+  };
+}
+
+/** 1. The manifest: next to the dump, else the one in the job record; compared with the job's copy. */
+async function findManifest(
+  pool: Pool | undefined,
+  dump: string,
+  manifestPath: string,
+): Promise<{ manifest: BackupManifest; source: 'file' | 'job'; fromJob: { id: number; manifest: BackupManifest } | undefined; check: VerifyCheck }> {
+  const name = path.basename(dump);
+  let manifest: BackupManifest | undefined;
+  let manifestProblem: string | undefined;
+  if (fs.existsSync(manifestPath)) {
+    try {
+      manifest = parseManifest(fs.readFileSync(manifestPath, 'utf8'), manifestPath);
+    } catch (err) {
+      manifestProblem = (err as Error).message;
+    }
+  }
+  const jobRows = pool ? await backupManifestsForFile<BackupManifest>(pool, name) : [];
+  const fromJob = manifest ? jobRows.find((r) => r.id === manifest!.job_id) : jobRows[0];
+  if (!manifest) {
+    if (!fromJob) {
+      throw new PreconditionError(
+        `no manifest for ${dump}: ${manifestProblem ?? `${manifestPath} does not exist`}${pool ? ', and no backup job in this database recorded it' : ''}`,
+        { hint: `keep ${path.basename(manifestPath)} next to the dump, and verify against the database the backup was taken from` },
+      );
+    }
+    const detail = manifestProblem ? `${manifestProblem}; used the copy in job ${fromJob.id}` : `${manifestPath} is missing; used the copy in job ${fromJob.id}`;
+    return { manifest: fromJob.manifest, source: 'job', fromJob, check: { check: 'manifest', ok: !manifestProblem, detail } };
+  }
+  let check: VerifyCheck;
+  if (fromJob && (fromJob.manifest.sha256 !== manifest.sha256 || fromJob.manifest.bytes !== manifest.bytes)) {
+    check = {
+      check: 'manifest',
+      ok: false,
+      detail: `${manifestPath} disagrees with job ${fromJob.id}: the job recorded sha256 ${fromJob.manifest.sha256} (${fromJob.manifest.bytes} bytes), the file says ${manifest.sha256} (${manifest.bytes} bytes)`,
+    };
+  } else if (manifest.file !== name) {
+    check = { check: 'manifest', ok: false, detail: `the manifest describes ${manifest.file}, not ${name}` };
+  } else {
+    check = {
+      check: 'manifest',
+      ok: true,
+      detail: fromJob ? `matches job ${fromJob.id}` : !pool ? 'read from the file (offline: not compared with the job record)' : 'no job record in this database (verified from the file alone)',
+    };
+  }
+  return { manifest, source: 'file', fromJob, check };
+}
+
+/** 2. The dump's checksum against the manifest's (file by file for a directory dump). */
+async function checksumCheck(dump: string, expected: BackupManifest, signal: AbortSignal | undefined): Promise<VerifyCheck> {
+  const sum = await checksumDump(dump, signal);
+  if (sum.sha256 === expected.sha256 && sum.bytes === expected.bytes) {
+    return { check: 'checksum', ok: true, detail: `sha256 ${sum.sha256}, ${sum.bytes} bytes` };
+  }
+  let detail = `sha256 ${sum.sha256} (${sum.bytes} bytes) does not match the manifest's ${expected.sha256} (${expected.bytes} bytes)`;
+  if (sum.files && expected.files) {
+    const want = new Map(expected.files.map((f) => [f.name, f.sha256]));
+    const bad = sum.files.filter((f) => want.get(f.name) !== f.sha256).map((f) => f.name);
+    const gone = expected.files.filter((f) => !sum.files!.some((g) => g.name === f.name)).map((f) => f.name);
+    if (bad.length) detail += `; changed: ${bad.join(', ')}`;
+    if (gone.length) detail += `; missing: ${gone.join(', ')}`;
+  }
+  return { check: 'checksum', ok: false, detail };
+}
+
+interface ArchiveContents {
+  check: VerifyCheck;
+  /** Whether pg_restore could read the archive at all. */
+  readable: boolean;
+  entries: number | null;
+  keyring: ReturnType<typeof parseDumpKeyring>;
+  settings: Settings;
+}
+
+/** 3. The archive reads (`pg_restore --list`), and the keyring and settings inside it. */
+async function readArchive(dump: string, manifest: BackupManifest, opts: VerifyOptions): Promise<ArchiveContents> {
+  const dumpVersion = parsePgToolVersion(`(PostgreSQL) ${manifest.pg_dump?.version ?? '0'}`)?.num ?? 0;
+  const pgRestore: FoundPgTool = findPgTool('pg_restore', {
+    explicit: opts.pgRestore,
+    minVersionNum: dumpVersion,
+    minReason: `the backup was written by pg_dump ${manifest.pg_dump?.version ?? 'unknown'}`,
+    flag: '--pg-restore PATH',
+    env: opts.env,
+  });
+  const list = await run(pgRestore.path, ['--list', dump], opts.env);
+  if (list.code !== 0) {
+    return {
+      check: {
+        check: 'archive',
+        ok: false,
+        detail: `pg_restore --list failed${list.error ? `: ${list.error.message}` : ''}: ${list.stderr.trim().split('\n').slice(-3).join('; ')}`,
+      },
+      readable: false,
+      entries: null,
+      keyring: [],
+      settings: {},
+    };
+  }
+  const entries = list.stdout.split('\n').filter((l) => l.trim() && !l.startsWith(';')).length;
+  const data = await run(pgRestore.path, ['--data-only', '--schema=alation_keys', '--table=keyring', '--table=settings', '--file=-', dump], opts.env);
+  return {
+    check: { check: 'archive', ok: true, detail: `pg_restore --list reads ${entries} entries (${pgRestore.path} ${pgRestore.version.text})` },
+    readable: true,
+    entries,
+    keyring: data.code === 0 ? parseDumpKeyring(data.stdout) : [],
+    settings: data.code === 0 ? parseDumpSettings(data.stdout) : {},
+  };
+}
+
+/** The key providers that unwrap the DEKs inside a dump, opened once each on first need. */
+class DumpKeyProviders {
+  private local: LocalKeyProvider | undefined;
+  private localError: string | undefined;
+  private kms: KeyProvider | undefined;
+  private kmsError: string | undefined;
+
+  constructor(
+    private readonly settings: Settings,
+    private readonly opts: VerifyOptions,
+  ) {}
+
+  /** The provider for `kind`, or why there is none. */
+  get(kind: string, kekId: string): KeyProvider | string {
+    if (kind === 'local') {
+      if (!this.local && !this.localError) {
+        try {
+          this.local = new LocalKeyProvider(resolveMasterKeyPath(this.opts.masterKeyFile, this.opts.env));
+        } catch (err) {
+          this.localError = (err as Error).message;
+        }
+      }
+      return this.local ?? `cannot read the master key file: ${this.localError}`;
+    }
+    if (kind === 'aws-kms') {
+      if (!this.kms && !this.kmsError) {
+        if (this.opts.keyProvider) this.kms = this.opts.keyProvider;
+        else if ((this.settings.kek_provider ?? 'local') !== 'aws-kms' || !this.settings.aws) this.kmsError = 'this installation no longer uses aws-kms';
+        else {
+          try {
+            this.kms = createKeyProvider(this.settings, { masterKeyFile: this.opts.masterKeyFile, awsProfile: this.opts.awsProfile });
+          } catch (err) {
+            this.kmsError = (err as Error).message;
+          }
+        }
+      }
+      return this.kms ?? `cannot use KMS key ${kekId}: ${this.kmsError}`;
+    }
+    return `unknown KEK provider ${kind}`;
+  }
+}
+
+/** 4. One DEK a restore needs: still in today's keyring, not destroyed, and its copy in the dump unwraps with today's KEK. */
+async function checkNeededKey(
+  d: BackupManifest['keys']['deks'][number],
+  today: Map<number, KeyringRow> | undefined,
+  archive: ArchiveContents,
+  providers: DumpKeyProviders,
+  offline: boolean,
+): Promise<VerifyKeyResult> {
+  const row = today?.get(d.version);
+  const res: VerifyKeyResult = { version: d.version, kekProvider: d.kek_provider, kekId: d.kek_id, stateNow: row?.state ?? null, ok: false, detail: '' };
+  if (today && !row) return { ...res, detail: `data key v${d.version} is not in today's keyring` };
+  if (row?.state === 'destroyed') {
+    return {
+      ...res,
+      detail: `data key v${d.version} was destroyed${row.destroyed_at ? ` on ${row.destroyed_at.toISOString()}` : ''}; values in this backup that use it cannot be read`,
+    };
+  }
+  const dumped = archive.keyring.find((k) => k.version === d.version);
+  if (!dumped || !dumped.wrapped) {
+    return { ...res, detail: archive.readable ? `data key v${d.version} is not in the dump's alation_keys.keyring` : 'the archive could not be read' };
+  }
+  const provider = providers.get(dumped.kekProvider, dumped.kekId);
+  if (typeof provider === 'string') return { ...res, detail: provider };
+  try {
+    const dek = await provider.unwrapDataKey(d.version, dumped.wrapped, dumped.kekId);
+    dek.fill(0);
+    return {
+      ...res,
+      ok: true,
+      detail: `unwraps with ${dumped.kekProvider === 'local' ? 'master key' : 'KMS key'} ${dumped.kekId}${offline ? ' (offline: not checked against the live keyring)' : ''}`,
+    };
+  } catch (err) {
+    return { ...res, detail: `does not unwrap with today's keys: ${(err as Error).message}` };
+  }
+}
+
+function keysCheck(manifest: BackupManifest, needed: BackupManifest['keys']['deks'], keys: VerifyKeyResult[], keyProblems: string[]): VerifyCheck {
+  const badKeys = keys.filter((k) => !k.ok);
+  if (keyProblems.length || badKeys.length) {
+    return { check: 'keys', ok: false, detail: [...keyProblems, ...badKeys.map((k) => `v${k.version}: ${k.detail}`)].join('; ') };
+  }
+  return {
+    check: 'keys',
+    ok: true,
+    detail: needed.length
+      ? `data key(s) ${needed.map((d) => `v${d.version}`).join(', ')} available (KEK ${manifest.keys.kek_ids.join(', ')})`
+      : 'the backup needs no data key',
   };
 }

@@ -17,7 +17,7 @@ import { requireInitialised, schemaVersion } from '../db/migrations';
 import { acquireAdvisoryLock, HeldLock } from '../db/transaction';
 import { resolveMasterKeyPath } from '../kms/master-key-file';
 import { databaseSize, formatBytes, freeBytesAt } from './headroom';
-import { createJob, describeLockHolder, JobActorOption, processActor, finishJob, markOrphanedJobs, pgDumpApplicationName, recordBytesDone } from './jobs';
+import { createJob, describeLockHolder, JobActorOption, processActor, finishJob, markOrphanedJobs, pgDumpApplicationName, recordBytesDone, failJobIfRunning } from './jobs';
 import { DekState, KeyringRow, readKeyring } from './keyring';
 import { testFreeBytesOverride } from './test-hooks';
 import { findPgTool, FoundPgTool, pgToolEnv } from './pg-tools';
@@ -426,69 +426,65 @@ export async function takeBackup(pool: Pool, opts: BackupOptions): Promise<Backu
   }
 }
 
-async function dumpWithSnapshot(
-  pool: Pool,
-  opts: BackupOptions,
-  ctx: {
-    dir: string;
-    database: string;
-    serverNum: number;
-    serverVersion: string;
-    tool: FoundPgTool;
-    dumpFormat: 'custom' | 'directory';
-    removedPartials: string[];
-  },
-): Promise<BackupResult> {
-  const startedAt = new Date();
-  const started = Date.now();
-  const name = chooseName(ctx.dir, ctx.database, startedAt);
-  const finalPath = path.join(ctx.dir, name);
-  const partialPath = path.join(ctx.dir, partialName(name));
-  const manifestPath = finalPath + MANIFEST_SUFFIX;
-  const manifestPartial = path.join(ctx.dir, partialName(name + MANIFEST_SUFFIX));
+interface DumpContext {
+  dir: string;
+  database: string;
+  serverNum: number;
+  serverVersion: string;
+  tool: FoundPgTool;
+  dumpFormat: 'custom' | 'directory';
+  removedPartials: string[];
+}
 
-  // The snapshot: read the keyring and export the snapshot pg_dump will use, so the manifest
-  // names exactly the keys of the data in the dump. Held open until pg_dump is done.
-  const snap: PoolClient = await pool.connect();
-  let snapOpen = false;
-  let jobId: number | undefined;
-  /** The finished dump and manifest are in place: no cleanup may touch them. */
-  let written = false;
-  const cleanup = () => {
-    fs.rmSync(partialPath, { recursive: true, force: true });
-    fs.rmSync(manifestPartial, { force: true });
+/** Where one backup's files go: written under partial names, renamed into place when complete. */
+interface DumpPaths {
+  name: string;
+  finalPath: string;
+  partialPath: string;
+  manifestPath: string;
+  manifestPartial: string;
+}
+
+function dumpPaths(dir: string, database: string, startedAt: Date): DumpPaths {
+  const name = chooseName(dir, database, startedAt);
+  const finalPath = path.join(dir, name);
+  return {
+    name,
+    finalPath,
+    partialPath: path.join(dir, partialName(name)),
+    manifestPath: finalPath + MANIFEST_SUFFIX,
+    manifestPartial: path.join(dir, partialName(name + MANIFEST_SUFFIX)),
   };
-  try {
-    await snap.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
-    snapOpen = true;
-    await snap.query('SET LOCAL idle_in_transaction_session_timeout = 0');
-    const s = await snap.query<{ id: string; at: Date }>('SELECT pg_export_snapshot() AS id, transaction_timestamp() AS at');
-    const snapshotId = s.rows[0].id;
-    const snapshotAt = s.rows[0].at;
-    const [keyring, settings] = await Promise.all([readKeyring(snap), readSettings(snap)]);
-    const schemaV = await schemaVersion(pool);
-    const keys = manifestKeys(keyring);
+}
 
-    // The job is written outside the snapshot, so a restored database does not show it running.
-    const job = await createJob(pool, {
-      actor: opts.actor,
-      kind: 'backup',
-      detail: {
-        dir: ctx.dir,
-        file: name,
-        path: finalPath,
-        dump_format: ctx.dumpFormat,
-        jobs: opts.jobs ?? null,
-        pg_dump: { version: ctx.tool.version.text, path: ctx.tool.path },
-        needed_versions: keys.needed_versions,
-      },
-    });
-    jobId = job.id;
+function removePartials(p: DumpPaths): void {
+  fs.rmSync(p.partialPath, { recursive: true, force: true });
+  fs.rmSync(p.manifestPartial, { force: true });
+}
 
-    let bytesDone = 0;
-    let lastJobUpdate = Date.now();
-    let jobUpdate: Promise<unknown> | undefined;
-    const onBytes = (bytes: number) => {
+/**
+ * The exported snapshot pg_dump uses, with the keyring and settings read inside it, so the
+ * manifest names exactly the keys of the data in the dump. The transaction stays open until
+ * pg_dump has imported the snapshot.
+ */
+async function exportSnapshot(snap: PoolClient) {
+  await snap.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+  await snap.query('SET LOCAL idle_in_transaction_session_timeout = 0');
+  const s = await snap.query<{ id: string; at: Date }>('SELECT pg_export_snapshot() AS id, transaction_timestamp() AS at');
+  const [keyring, settings] = await Promise.all([readKeyring(snap), readSettings(snap)]);
+  return { snapshotId: s.rows[0].id, snapshotAt: s.rows[0].at, keyring, settings };
+}
+
+/** Reports pg_dump's bytes to the caller as they grow, and to the job record every 5 s. */
+function dumpProgress(pool: Pool, jobId: number, opts: BackupOptions, started: number) {
+  let bytesDone = 0;
+  let lastJobUpdate = Date.now();
+  let jobUpdate: Promise<unknown> | undefined;
+  return {
+    get bytes() {
+      return bytesDone;
+    },
+    onBytes(bytes: number) {
       bytesDone = bytes;
       try {
         opts.onProgress?.({ bytes, elapsedMs: Date.now() - started });
@@ -497,67 +493,171 @@ async function dumpWithSnapshot(
       }
       if (!jobUpdate && Date.now() - lastJobUpdate >= 5000) {
         lastJobUpdate = Date.now();
-        jobUpdate = recordBytesDone(pool, job.id, bytes)
+        jobUpdate = recordBytesDone(pool, jobId, bytes)
           .catch(() => undefined)
           .finally(() => (jobUpdate = undefined));
       }
-    };
+    },
+    /** Waits for a job update in flight. */
+    async settled() {
+      await jobUpdate;
+    },
+  };
+}
 
-    const args = [
-      `--file=${partialPath}`,
-      `--format=${ctx.dumpFormat}`,
-      `--snapshot=${snapshotId}`,
-      '--no-password',
-    ];
-    if (ctx.dumpFormat === 'directory') args.push(`--jobs=${opts.jobs}`);
-    else {
-      // Created here with mode 0600: pg_dump would create it with the umask's mode.
-      fs.closeSync(openNewFile(partialPath, 0o600));
-    }
-    const toolEnv = pgToolEnv(resolveConnectionConfig({ databaseUrl: opts.databaseUrl, command: 'backup', env: opts.env }), {
-      applicationName: pgDumpApplicationName(job.id),
-      database: ctx.database,
-      env: opts.env,
+/** Runs pg_dump on the exported snapshot into the partial path. */
+async function runDump(ctx: DumpContext, opts: BackupOptions, p: DumpPaths, snapshotId: string, jobId: number, started: number, onBytes: (bytes: number) => void) {
+  const args = [`--file=${p.partialPath}`, `--format=${ctx.dumpFormat}`, `--snapshot=${snapshotId}`, '--no-password'];
+  if (ctx.dumpFormat === 'directory') args.push(`--jobs=${opts.jobs}`);
+  else {
+    // Created here with mode 0600: pg_dump would create it with the umask's mode.
+    fs.closeSync(openNewFile(p.partialPath, 0o600));
+  }
+  const toolEnv = pgToolEnv(resolveConnectionConfig({ databaseUrl: opts.databaseUrl, command: 'backup', env: opts.env }), {
+    applicationName: pgDumpApplicationName(jobId),
+    database: ctx.database,
+    env: opts.env,
+  });
+  return runPgDump(ctx.tool, args, toolEnv, p.partialPath, { signal: opts.signal, started, onBytes });
+}
+
+/** The typed error (and job record) for a pg_dump run that was interrupted or failed; undefined when it succeeded. */
+async function dumpRunFailure(
+  pool: Pool,
+  ctx: DumpContext,
+  opts: BackupOptions,
+  jobId: number,
+  run: Awaited<ReturnType<typeof runPgDump>>,
+  bytesDone: number,
+): Promise<Error | undefined> {
+  if (run.aborted || opts.signal?.aborted || run.signal === 'SIGINT') {
+    await finishJob(pool, jobId, 'interrupted', 'interrupted by a signal while pg_dump ran; no backup was written', {
+      bytes_written: bytesDone,
+    }).catch(() => undefined);
+    return new InterruptedError(`backup interrupted; no backup was written (job ${jobId})`, { hint: 'run `alation-keys backup` again' });
+  }
+  if (run.spawnError || run.code !== 0) {
+    const why = run.spawnError
+      ? `could not run ${ctx.tool.path}: ${run.spawnError.message}`
+      : `pg_dump ${run.signal ? `was killed by ${run.signal}` : `exited with code ${run.code}`}${run.stderr ? `: ${stderrTail(run.stderr)}` : ''}`;
+    const full = /No space left on device/i.test(run.stderr) ? `${why} (the backup directory ${ctx.dir} is full)` : why;
+    await finishJob(pool, jobId, 'failed', full, { bytes_written: bytesDone }).catch(() => undefined);
+    return new OperationError(`backup failed: ${full}; no backup was written (job ${jobId})`);
+  }
+  return undefined;
+}
+
+/**
+ * Makes the finished dump durable, checksums it, writes its manifest, and renames both into
+ * place (the dump never looks finished without its manifest). Returns the manifest.
+ */
+async function publishDump(
+  p: DumpPaths,
+  dir: string,
+  signal: AbortSignal | undefined,
+  manifestOf: (sum: { bytes: number; sha256: string; files?: BackupManifest['files'] }) => BackupManifest,
+): Promise<BackupManifest> {
+  if (fs.statSync(p.partialPath).isDirectory()) {
+    for (const n of fs.readdirSync(p.partialPath)) fsyncPath(path.join(p.partialPath, n));
+  }
+  fsyncPath(p.partialPath);
+  const sum = await checksumDump(p.partialPath, signal);
+  if (sum.bytes === 0) throw new OperationError('pg_dump exited successfully but wrote nothing');
+  const manifest = manifestOf(sum);
+  const mfd = openNewFile(p.manifestPartial, 0o644);
+  try {
+    fs.writeFileSync(mfd, JSON.stringify(manifest, null, 2) + '\n');
+    fs.fsyncSync(mfd);
+  } finally {
+    fs.closeSync(mfd);
+  }
+  if (signal?.aborted) throw new InterruptedError('interrupted');
+  if (nameTaken(p.finalPath) || nameTaken(p.manifestPath)) {
+    throw new OperationError(`${p.finalPath} appeared while the backup ran; not overwriting it`);
+  }
+  fs.renameSync(p.partialPath, p.finalPath);
+  try {
+    fs.renameSync(p.manifestPartial, p.manifestPath);
+  } catch (err) {
+    // Without its manifest the dump must not look finished.
+    fs.renameSync(p.finalPath, p.partialPath);
+    throw err;
+  }
+  fsyncPath(dir);
+  return manifest;
+}
+
+/** Records a written backup as succeeded; the files stay valid even when the record cannot be written. */
+async function recordBackupSucceeded(pool: Pool, jobId: number, p: DumpPaths, manifest: BackupManifest): Promise<void> {
+  try {
+    await finishJob(pool, jobId, 'succeeded', undefined, { manifest, path: p.finalPath, manifest_path: p.manifestPath });
+    await recordBytesDone(pool, jobId, manifest.bytes);
+  } catch (err) {
+    throw new OperationError(
+      `the backup was written to ${p.finalPath} (sha256 ${manifest.sha256}), but job ${jobId} could not be marked succeeded: ${(err as Error).message}`,
+      { hint: '`backup verify` still checks it from its manifest; `rotate` will not count it as a fresh backup', cause: err },
+    );
+  }
+}
+
+/** The error a failure after pg_dump finished becomes, recorded on the job. */
+async function publishFailure(pool: Pool, dir: string, opts: BackupOptions, jobId: number, err: unknown): Promise<Error> {
+  if (err instanceof InterruptedError || opts.signal?.aborted) {
+    await finishJob(pool, jobId, 'interrupted', 'interrupted by a signal after pg_dump; no backup was written').catch(() => undefined);
+    return new InterruptedError(`backup interrupted; no backup was written (job ${jobId})`, { hint: 'run `alation-keys backup` again' });
+  }
+  const e = err as NodeJS.ErrnoException;
+  const msg = e.code === 'ENOSPC' ? `the backup directory ${dir} is full (${e.message})` : e.message;
+  await finishJob(pool, jobId, 'failed', msg).catch(() => undefined);
+  return err instanceof OperationError ? err : new OperationError(`backup failed: ${msg}; no backup was written (job ${jobId})`, { cause: err });
+}
+
+async function dumpWithSnapshot(pool: Pool, opts: BackupOptions, ctx: DumpContext): Promise<BackupResult> {
+  const startedAt = new Date();
+  const started = Date.now();
+  const p = dumpPaths(ctx.dir, ctx.database, startedAt);
+  const snap: PoolClient = await pool.connect();
+  let snapOpen = false;
+  let jobId: number | undefined;
+  /** The finished dump and manifest are in place: no cleanup may touch them. */
+  let written = false;
+  try {
+    snapOpen = true;
+    const { snapshotId, snapshotAt, keyring, settings } = await exportSnapshot(snap);
+    const schemaV = await schemaVersion(pool);
+    const keys = manifestKeys(keyring);
+    // The job is written outside the snapshot, so a restored database does not show it running.
+    const job = await createJob(pool, {
+      actor: opts.actor,
+      kind: 'backup',
+      detail: {
+        dir: ctx.dir,
+        file: p.name,
+        path: p.finalPath,
+        dump_format: ctx.dumpFormat,
+        jobs: opts.jobs ?? null,
+        pg_dump: { version: ctx.tool.version.text, path: ctx.tool.path },
+        needed_versions: keys.needed_versions,
+      },
     });
-    const run = await runPgDump(ctx.tool, args, toolEnv, partialPath, { signal: opts.signal, started, onBytes });
-    await jobUpdate;
+    jobId = job.id;
+    const progress = dumpProgress(pool, job.id, opts, started);
+    const run = await runDump(ctx, opts, p, snapshotId, job.id, started, (b) => progress.onBytes(b));
+    await progress.settled();
     // pg_dump has imported the snapshot long ago; end the exporting transaction.
     await snap.query('COMMIT').catch(() => undefined);
     snapOpen = false;
-
-    const interrupted = run.aborted || opts.signal?.aborted || run.signal === 'SIGINT';
-    if (interrupted) {
-      cleanup();
-      await finishJob(pool, job.id, 'interrupted', 'interrupted by a signal while pg_dump ran; no backup was written', {
-        bytes_written: bytesDone,
-      }).catch(() => undefined);
-      throw new InterruptedError(`backup interrupted; no backup was written (job ${job.id})`, {
-        hint: 'run `alation-keys backup` again',
-      });
+    const failure = await dumpRunFailure(pool, ctx, opts, job.id, run, progress.bytes);
+    if (failure) {
+      removePartials(p);
+      throw failure;
     }
-    if (run.spawnError || run.code !== 0) {
-      cleanup();
-      const why = run.spawnError
-        ? `could not run ${ctx.tool.path}: ${run.spawnError.message}`
-        : `pg_dump ${run.signal ? `was killed by ${run.signal}` : `exited with code ${run.code}`}${run.stderr ? `: ${stderrTail(run.stderr)}` : ''}`;
-      const full = /No space left on device/i.test(run.stderr) ? `${why} (the backup directory ${ctx.dir} is full)` : why;
-      await finishJob(pool, job.id, 'failed', full, { bytes_written: bytesDone }).catch(() => undefined);
-      throw new OperationError(`backup failed: ${full}; no backup was written (job ${job.id})`);
-    }
-
-    // Success so far: make the dump durable, checksum it, write the manifest, then rename.
+    let manifest: BackupManifest;
     try {
-      if (fs.statSync(partialPath).isDirectory()) {
-        for (const n of fs.readdirSync(partialPath)) fsyncPath(path.join(partialPath, n));
-      }
-      fsyncPath(partialPath);
-      const sum = await checksumDump(partialPath, opts.signal);
-      if (sum.bytes === 0) throw new OperationError('pg_dump exited successfully but wrote nothing');
-      const finishedAt = new Date();
-      const manifest: BackupManifest = {
+      manifest = await publishDump(p, ctx.dir, opts.signal, (sum) => ({
         format: MANIFEST_FORMAT,
         version: MANIFEST_VERSION,
-        file: name,
+        file: p.name,
         dump_format: ctx.dumpFormat,
         bytes: sum.bytes,
         sha256: sum.sha256,
@@ -568,85 +668,41 @@ async function dumpWithSnapshot(
         server: { version: ctx.serverVersion, version_num: ctx.serverNum },
         pg_dump: { version: ctx.tool.version.text, path: ctx.tool.path },
         started_at: startedAt.toISOString(),
-        finished_at: finishedAt.toISOString(),
+        finished_at: new Date().toISOString(),
         snapshot_at: snapshotAt.toISOString(),
         snapshot_id: snapshotId,
         job_id: job.id,
         keys,
         created_by: { tool: 'alation-keys', version: toolVersion(), actor: opts.actor ?? processActor() },
-      };
-      const text = JSON.stringify(manifest, null, 2) + '\n';
-      const mfd = openNewFile(manifestPartial, 0o644);
-      try {
-        fs.writeFileSync(mfd, text);
-        fs.fsyncSync(mfd);
-      } finally {
-        fs.closeSync(mfd);
-      }
-      if (opts.signal?.aborted) throw new InterruptedError('interrupted');
-      if (nameTaken(finalPath) || nameTaken(manifestPath)) {
-        throw new OperationError(`${finalPath} appeared while the backup ran; not overwriting it`);
-      }
-      fs.renameSync(partialPath, finalPath);
-      try {
-        fs.renameSync(manifestPartial, manifestPath);
-      } catch (err) {
-        // Without its manifest the dump must not look finished.
-        fs.renameSync(finalPath, partialPath);
-        throw err;
-      }
-      fsyncPath(ctx.dir);
-      written = true;
-      try {
-        await finishJob(pool, job.id, 'succeeded', undefined, { manifest, path: finalPath, manifest_path: manifestPath });
-        await pool.query('UPDATE alation_keys.jobs SET bytes_done = $2 WHERE id = $1', [job.id, sum.bytes]);
-      } catch (err) {
-        throw new OperationError(
-          `the backup was written to ${finalPath} (sha256 ${sum.sha256}), but job ${job.id} could not be marked succeeded: ${(err as Error).message}`,
-          { hint: '`backup verify` still checks it from its manifest; `rotate` will not count it as a fresh backup', cause: err },
-        );
-      }
-      const needsLocal = manifest.keys.deks.some((d) => d.needed && d.kek_provider === 'local');
-      return {
-        jobId: job.id,
-        file: finalPath,
-        manifestFile: manifestPath,
-        bytes: sum.bytes,
-        sha256: sum.sha256,
-        manifest,
-        elapsedMs: Date.now() - started,
-        removedPartials: ctx.removedPartials,
-        masterKeyFile: needsLocal ? resolveMasterKeyPath(opts.masterKeyFile, opts.env) : null,
-        pgDumpWarnings: run.stderr
-          .split('\n')
-          .map((l) => l.trim())
-          .filter(Boolean)
-          .slice(-20),
-      };
+      }));
     } catch (err) {
-      if (written) throw err;
-      cleanup();
-      if (err instanceof InterruptedError || opts.signal?.aborted) {
-        await finishJob(pool, job.id, 'interrupted', 'interrupted by a signal after pg_dump; no backup was written').catch(() => undefined);
-        throw new InterruptedError(`backup interrupted; no backup was written (job ${job.id})`, { hint: 'run `alation-keys backup` again' });
-      }
-      const e = err as NodeJS.ErrnoException;
-      const msg = e.code === 'ENOSPC' ? `the backup directory ${ctx.dir} is full (${e.message})` : e.message;
-      await finishJob(pool, job.id, 'failed', msg).catch(() => undefined);
-      throw err instanceof OperationError ? err : new OperationError(`backup failed: ${msg}; no backup was written (job ${job.id})`, { cause: err });
+      removePartials(p);
+      throw await publishFailure(pool, ctx.dir, opts, job.id, err);
     }
+    written = true;
+    await recordBackupSucceeded(pool, job.id, p, manifest);
+    const needsLocal = manifest.keys.deks.some((d) => d.needed && d.kek_provider === 'local');
+    return {
+      jobId: job.id,
+      file: p.finalPath,
+      manifestFile: p.manifestPath,
+      bytes: manifest.bytes,
+      sha256: manifest.sha256,
+      manifest,
+      elapsedMs: Date.now() - started,
+      removedPartials: ctx.removedPartials,
+      masterKeyFile: needsLocal ? resolveMasterKeyPath(opts.masterKeyFile, opts.env) : null,
+      pgDumpWarnings: run.stderr
+        .split('\n')
+        .map((l) => l.trim())
+        .filter(Boolean)
+        .slice(-20),
+    };
   } catch (err) {
     if (written) throw err;
-    cleanup();
-    if (jobId !== undefined) {
-      // Anything not already recorded (e.g. the database connection failed) marks the job failed.
-      await pool
-        .query(
-          `UPDATE alation_keys.jobs SET state = 'failed', finished_at = now(), updated_at = now(), error = $2 WHERE id = $1 AND state = 'running'`,
-          [jobId, (err as Error).message],
-        )
-        .catch(() => undefined);
-    }
+    removePartials(p);
+    // Anything not already recorded (e.g. the database connection failed) marks the job failed.
+    if (jobId !== undefined) await failJobIfRunning(pool, jobId, (err as Error).message).catch(() => undefined);
     throw err;
   } finally {
     let broken = false;

@@ -70,6 +70,14 @@ export async function finishJob(db: Queryable, id: number, state: Exclude<JobSta
   );
 }
 
+/** Marks job `id` failed unless something already recorded how it ended. */
+export async function failJobIfRunning(db: Queryable, id: number, error: string): Promise<void> {
+  await db.query(
+    `UPDATE alation_keys.jobs SET state = 'failed', finished_at = now(), updated_at = now(), error = $2 WHERE id = $1 AND state = 'running'`,
+    [id, error],
+  );
+}
+
 /** Reopens an interrupted or crashed job for resumption. */
 export async function reopenJob(db: Queryable, id: number): Promise<void> {
   await db.query(`UPDATE alation_keys.jobs SET state = 'running', finished_at = NULL, error = NULL, updated_at = now() WHERE id = $1`, [id]);
