@@ -70,8 +70,15 @@ export function exitCodeOf(err: unknown): ExitCodeValue {
 /** Where a DBA finds the CREATE ROLE / GRANT statements the tool needs. */
 export const PRIVILEGES_DOC = 'README "Database privileges"';
 
+/** What Ctrl-C at a prompt says; every prompt comes before its command changes anything. */
+export const PROMPT_INTERRUPTED = 'interrupted at the prompt (Ctrl-C); nothing was changed';
+
 export function normaliseError(err: unknown): AlationKeysError {
   if (err instanceof AlationKeysError) return err;
+  // @inquirer/prompts reads the terminal in raw mode, so Ctrl-C at a prompt is a key, not a
+  // SIGINT: it rejects with ExitPromptError ("User force closed the prompt with SIGINT").
+  // It is an interruption like Ctrl-C anywhere else: exit 130, our one line.
+  if ((err as Error | undefined)?.name === 'ExitPromptError') return new InterruptedError(PROMPT_INTERRUPTED, { cause: err });
   const e = err as { code?: string; message?: string; address?: string; port?: number; errno?: number };
   const code = e?.code;
   const message = e?.message ?? String(err);

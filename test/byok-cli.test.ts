@@ -10,7 +10,7 @@ import { runCli, runCliJson } from './support/cli';
 import { startFakeAws, type FakeAws } from './support/fake-aws';
 import { readKeyring } from '../src/core/keyring';
 import { readSettings } from '../src/core/settings';
-import { EXTERNAL_ID_SETTING } from '../src/core/byok';
+import { EXTERNAL_ID_SETTING, PLACEHOLDER_PRINCIPAL } from '../src/core/byok';
 import { awsEnv, byokArgs, createByokRole, ROLE_ARN } from './byok-support';
 
 let server: FakeAws;
@@ -80,14 +80,35 @@ describe('byok policy', () => {
     expect(settings[EXTERNAL_ID_SETTING]).toBe(externalId);
   });
 
-  test('without AWS credentials and without --principal it fails with exit 4 and says to pass --principal', async () => {
+  test('without AWS credentials and without --principal it prints the snippets with a marked placeholder principal and one warning line, exit 0', async () => {
     const key = server.createKey();
-    const r = await runCli(['byok', 'policy', '--key-arn', key.arn, '--role-arn', ROLE_ARN], {
-      env: env({ AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined }),
-    });
-    expect(r.code).toBe(4);
-    expect(r.stderr).toContain('cannot tell who you are for the trust policy');
-    expect(r.stderr).toContain('--principal');
+    const noCredentials = env({ AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined });
+    const r = await runCli(['byok', 'policy', '--key-arn', key.arn, '--role-arn', ROLE_ARN], { env: noCredentials });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`Trusted principal: ${PLACEHOLDER_PRINCIPAL} (A PLACEHOLDER: replace it`);
+    const blocks = r.stdout.split(/\n(?=\d\. )/).slice(1).map((b) => JSON.parse(b.slice(b.indexOf('\n') + 1)));
+    expect(blocks).toHaveLength(3);
+    expect(blocks[1].Statement[0].Principal).toEqual({ AWS: PLACEHOLDER_PRINCIPAL });
+    expect(blocks[1].Statement[0].Condition.StringEquals['sts:ExternalId']).toBe(externalId);
+    const warnings = r.stderr.split('\n').filter((l) => l.startsWith('warning: '));
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/^warning: cannot tell who you are for the trust policy: .*; the trust policy names a placeholder principal, REPLACE-[A-Z-]+: replace it before use, or run again with --principal ARN$/);
+    expect(r.stderr.trim().split('\n')).toHaveLength(1);
+
+    const j = await runCliJson(['byok', 'policy', '--key-arn', key.arn, '--role-arn', ROLE_ARN], { env: noCredentials });
+    expect(j.code).toBe(0);
+    expect(j.json).toMatchObject({ principal: PLACEHOLDER_PRINCIPAL, principalSource: 'placeholder', principalProblem: expect.stringContaining('cannot tell who you are') });
+  });
+
+  test("README's first BYOK step works as written on a machine without AWS credentials", async () => {
+    const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+    const block = /```sh\n(KEY=.*?)```/s.exec(readme)![1];
+    const vars = Object.fromEntries([...block.matchAll(/^(KEY|ROLE)=(\S+)$/gm)].map((m) => [m[1], m[2]]));
+    const line = /^alation-keys (byok policy [^#\n]*?)\s*#/m.exec(block)![1];
+    const args = line.split(/\s+/).map((a) => a.replace(/^\$(KEY|ROLE)$/, (_m, v) => vars[v]));
+    expect(args).toEqual(['byok', 'policy', '--key-arn', vars.KEY, '--role-arn', vars.ROLE]);
+    const r = await runCli(args, { env: env({ AWS_ACCESS_KEY_ID: undefined, AWS_SECRET_ACCESS_KEY: undefined }) });
+    expect({ code: r.code, placeholder: r.stdout.includes(PLACEHOLDER_PRINCIPAL) }).toEqual({ code: 0, placeholder: true });
   });
 
   test('malformed ARNs are exit 2 with a one-line message', async () => {

@@ -103,7 +103,14 @@ export async function ensureExternalId(pool: Pool): Promise<string> {
 export interface PolicySnippets {
   externalId: string;
   principal: string;
-  principalSource: 'caller' | 'flag';
+  /**
+   * `placeholder`: no --principal and the caller could not be told (no AWS credentials on this
+   * machine, often not the one that will run the tool): `principal` is PLACEHOLDER_PRINCIPAL,
+   * which IAM refuses, and `principalProblem` says why.
+   */
+  principalSource: 'caller' | 'flag' | 'placeholder';
+  /** Why the caller could not be told (set with principalSource `placeholder`). */
+  principalProblem?: string;
   /** Set when the principal was derived from an assumed-role session (its path is unknown). */
   principalNote?: string;
   keyArn: string;
@@ -115,6 +122,9 @@ export interface PolicySnippets {
   /** Add to the KMS key's key policy. */
   keyPolicyStatement: object;
 }
+
+/** The trusted principal of a trust policy printed without one: not an ARN, so IAM refuses the policy until it is replaced. */
+export const PLACEHOLDER_PRINCIPAL = 'REPLACE-WITH-THE-ARN-OF-THE-USER-OR-ROLE-THAT-RUNS-ALATION-KEYS';
 
 export function buildPolicySnippets(key: KeyArn, role: RoleArn, principal: string, externalId: string): Omit<PolicySnippets, 'principalSource'> {
   return {
@@ -168,29 +178,27 @@ export async function byokPolicy(
   const explicit = flags.principal !== undefined ? parsePrincipal(flags.principal, '--principal', key.partition) : undefined;
   await requireInitialised(pool);
   const externalId = await ensureExternalId(pool);
-  let principal = explicit;
-  let principalNote: string | undefined;
-  if (!principal) {
-    let me;
-    try {
-      me = await callerIdentity(key.region, opts.awsProfile);
-    } catch (err) {
-      if (err instanceof AlationKeysError) {
-        throw new ProviderError(`cannot tell who you are for the trust policy: ${err.message}`, {
-          hint: 'pass --principal ARN (the IAM user or role that will run alation-keys), or fix your AWS credentials',
-          cause: err,
-        });
-      }
-      throw err;
-    }
-    principal = parsePrincipal(me.arn, 'sts:GetCallerIdentity', key.partition);
-    if (/:assumed-role\//.test(me.arn)) {
-      principalNote = `you are signed in through the assumed role ${principal}; if that role has a path (SSO roles do: /aws-reserved/sso.amazonaws.com/…), pass --principal with its full ARN`;
-    }
+  if (explicit) return { ...buildPolicySnippets(key, role, explicit, externalId), principalSource: 'flag' };
+  let me;
+  try {
+    me = await callerIdentity(key.region, opts.awsProfile);
+  } catch (err) {
+    if (!(err instanceof AlationKeysError)) throw err;
+    // The snippets are needed before the role exists, often on a machine with no AWS
+    // credentials: they are still printed, with a principal IAM refuses until it is replaced.
+    return {
+      ...buildPolicySnippets(key, role, PLACEHOLDER_PRINCIPAL, externalId),
+      principalSource: 'placeholder',
+      principalProblem: `cannot tell who you are for the trust policy: ${err.message}`,
+    };
   }
+  const principal = parsePrincipal(me.arn, 'sts:GetCallerIdentity', key.partition);
+  const principalNote = /:assumed-role\//.test(me.arn)
+    ? `you are signed in through the assumed role ${principal}; if that role has a path (SSO roles do: /aws-reserved/sso.amazonaws.com/…), pass --principal with its full ARN`
+    : undefined;
   return {
     ...buildPolicySnippets(key, role, principal, externalId),
-    principalSource: explicit ? 'flag' : 'caller',
+    principalSource: 'caller',
     ...(principalNote ? { principalNote } : {}),
   };
 }

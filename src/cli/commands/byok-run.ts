@@ -18,7 +18,7 @@ import {
 import { readSettings } from '../../core/settings';
 import { requireInitialised } from '../../db/migrations';
 import { CommandContext } from '../context';
-import { renderCheck, renderPolicy } from './byok-render';
+import { placeholderWarning, renderCheck, renderPolicy } from './byok-render';
 import { runWizard } from './byok-wizard';
 
 function flagsOf(opts: Record<string, any>): ByokFlags {
@@ -87,6 +87,8 @@ async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace
 
 export async function policyCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
   const snippets = await byokPolicy(ctx.pool, { keyArn: opts.keyArn, roleArn: opts.roleArn, principal: opts.principal }, ctx.providerOptions);
+  const warning = placeholderWarning(snippets);
+  if (warning) ctx.io.warn(warning);
   if (ctx.globals.json) return ctx.io.printJson(snippets);
   ctx.io.print(renderPolicy(snippets));
 }

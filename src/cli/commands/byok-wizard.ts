@@ -44,11 +44,9 @@ export async function runWizard(ctx: CommandContext, flags: ByokFlags, opts: { r
       validate: validator((s) => parseRoleArn(s)),
     })).trim();
 
-  let snippets: PolicySnippets;
-  try {
-    snippets = await byokPolicy(ctx.pool, { keyArn, roleArn }, ctx.providerOptions);
-  } catch (err) {
-    ctx.io.warn(`${(err as Error).message}`);
+  let snippets: PolicySnippets = await byokPolicy(ctx.pool, { keyArn, roleArn }, ctx.providerOptions);
+  if (snippets.principalSource === 'placeholder') {
+    ctx.io.warn(`${snippets.principalProblem}`);
     const principal = (
       await prompts.input({ message: 'Principal allowed to assume the role (IAM ARN or account id):' })
     ).trim();
