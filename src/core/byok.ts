@@ -269,8 +269,47 @@ function round1(n: number): number {
   return Math.round(n * 10) / 10;
 }
 
+const BYOK_CHECK_TITLES: Record<ByokCheck['id'], string> = {
+  arns: 'ARNs and region are consistent',
+  'assume-role': `AssumeRole ${BYOK_ROLE_NAME} with the ExternalId`,
+  'external-id-enforced': 'AssumeRole without the ExternalId is refused',
+  'describe-key': 'KMS key is symmetric, ENCRYPT_DECRYPT and Enabled',
+  'round-trip': 'GenerateDataKey → Decrypt and Encrypt → Decrypt round trip',
+  latency: 'KMS latency',
+};
+const BYOK_CHECK_ORDER = Object.keys(BYOK_CHECK_TITLES) as Array<ByokCheck['id']>;
+
+/** The checks of one `byok test` run as they are made: each reported to the caller at once. */
+class ByokCheckList {
+  readonly checks: ByokCheck[] = [];
+
+  constructor(
+    private readonly target: ByokTarget,
+    private readonly onCheck: ((c: ByokCheck) => void) | undefined,
+  ) {}
+
+  add(id: ByokCheck['id'], c: Omit<ByokCheck, 'id' | 'title'>): ByokCheck {
+    const check = { id, title: BYOK_CHECK_TITLES[id], ...c };
+    this.checks.push(check);
+    this.onCheck?.(check);
+    return check;
+  }
+
+  /** A failed AWS call, translated into what to fix. */
+  fail(id: ByokCheck['id'], err: unknown, operation: AwsOperation, extra: Partial<Parameters<typeof translateAwsError>[1]> = {}): ByokCheck {
+    const { key, role, region } = this.target;
+    const e = translateAwsError(err, { operation, keyArn: key.arn, roleArn: role.arn, region, ...extra });
+    return this.add(id, { status: 'fail', detail: e.message, fix: e.hint, awsError: awsErrorName(e) });
+  }
+
+  /** Every check after `id` is skipped, saying why. */
+  skipAfter(id: ByokCheck['id'], why: string): void {
+    for (const next of BYOK_CHECK_ORDER.slice(BYOK_CHECK_ORDER.indexOf(id) + 1)) this.add(next, { status: 'skip', detail: why });
+  }
+}
+
 export async function runByokTest(target: ByokTarget, opts: ByokTestOptions): Promise<ByokTestReport> {
-  const checks: ByokCheck[] = [];
+  const list = new ByokCheckList(target, opts.onCheck);
   const report: ByokTestReport = {
     ok: false,
     badInput: false,
@@ -278,27 +317,49 @@ export async function runByokTest(target: ByokTarget, opts: ByokTestOptions): Pr
     keyArn: target.key.arn,
     roleArn: target.role.arn,
     externalId: opts.externalId,
-    checks,
+    checks: list.checks,
     latency: null,
   };
-  const add = (c: ByokCheck) => {
-    checks.push(c);
-    opts.onCheck?.(c);
-    return c;
-  };
-  const skipRest = (ids: ByokCheck['id'][], titles: Record<string, string>, why: string) => {
-    for (const id of ids) add({ id, title: titles[id], status: 'skip', detail: why });
-  };
-  const TITLES: Record<ByokCheck['id'], string> = {
-    arns: 'ARNs and region are consistent',
-    'assume-role': `AssumeRole ${BYOK_ROLE_NAME} with the ExternalId`,
-    'external-id-enforced': 'AssumeRole without the ExternalId is refused',
-    'describe-key': 'KMS key is symmetric, ENCRYPT_DECRYPT and Enabled',
-    'round-trip': 'GenerateDataKey → Decrypt and Encrypt → Decrypt round trip',
-    latency: 'KMS latency',
-  };
-
   // 1. ARN and region consistency.
+  if (!checkArns(target, list)) {
+    report.badInput = true;
+    list.skipAfter('arns', 'not run: fix the ARNs first');
+    return report;
+  }
+  const sts: STSClient = createBaseStsClient(target.region, opts.profile);
+  let kms: KMSClient | undefined;
+  try {
+    // 2. AssumeRole with the ExternalId.
+    const sessionName = roleSessionName(opts.installationId);
+    const credentials = assumedRoleCredentials(sts, { roleArn: target.role.arn, externalId: opts.externalId, sessionName, durationSeconds: 900 });
+    try {
+      const c = await credentials();
+      list.add('assume-role', { status: 'pass', detail: `session credentials valid until ${c.expiration?.toISOString() ?? '?'}` });
+    } catch (err) {
+      list.fail('assume-role', err, 'AssumeRole');
+      list.skipAfter('assume-role', 'not run: the role could not be assumed');
+      return report;
+    }
+    // 3. Without the ExternalId it must be refused.
+    await checkExternalIdEnforced(sts, target, opts.externalId, sessionName, list);
+    // 4. DescribeKey.
+    kms = createKmsClient(target.region, credentials);
+    if (!(await checkDescribeKey(kms, target, list))) return report;
+    // 5. Round trips with an encryption context.
+    const context = { 'alation-keys:installation': opts.installationId, 'alation-keys:purpose': 'byok-test' };
+    const blob = await checkRoundTrip(kms, target, context, list);
+    if (!blob) return report;
+    // 6. Latency.
+    report.latency = await measureLatency(kms, target, context, blob, Math.max(3, opts.latencySamples ?? 10), list);
+  } finally {
+    kms?.destroy();
+    sts.destroy();
+  }
+  report.ok = list.checks.every((c) => c.status === 'pass' || c.status === 'warn');
+  return report;
+}
+
+function checkArns(target: ByokTarget, list: ByokCheckList): boolean {
   const { key, role } = target;
   const problems: string[] = [];
   if (key.region !== target.region) problems.push(`the key ARN is in region ${key.region} but --region is ${target.region}`);
@@ -307,157 +368,135 @@ export async function runByokTest(target: ByokTarget, opts: ByokTestOptions): Pr
     problems.push(`region ${target.region} belongs to partition ${partitionOfRegion(target.region)}, the key ARN says ${key.partition}`);
   }
   if (problems.length) {
-    add({ id: 'arns', title: TITLES.arns, status: 'fail', detail: problems.join('; '), fix: 'pass the region the key lives in (the 4th field of its ARN) and ARNs of the same partition' });
-    report.badInput = true;
-    skipRest(['assume-role', 'external-id-enforced', 'describe-key', 'round-trip', 'latency'], TITLES, 'not run: fix the ARNs first');
-    return report;
+    list.add('arns', { status: 'fail', detail: problems.join('; '), fix: 'pass the region the key lives in (the 4th field of its ARN) and ARNs of the same partition' });
+    return false;
   }
-  add({
-    id: 'arns',
-    title: TITLES.arns,
+  list.add('arns', {
     status: 'pass',
     detail: `key ${key.keyId} in ${key.region} (account ${key.accountId}); role ${role.path}${role.roleName} in account ${role.accountId}${
       key.accountId !== role.accountId ? ' (cross-account: the key policy must name the role)' : ''
     }`,
   });
+  return true;
+}
 
-  const sts: STSClient = createBaseStsClient(target.region, opts.profile);
-  let kms: KMSClient | undefined;
-  const fail = (id: ByokCheck['id'], err: unknown, operation: AwsOperation, extra: Partial<Parameters<typeof translateAwsError>[1]> = {}): ByokCheck => {
-    const e = translateAwsError(err, { operation, keyArn: key.arn, roleArn: role.arn, region: target.region, ...extra });
-    return add({ id, title: TITLES[id], status: 'fail', detail: e.message, fix: e.hint, awsError: awsErrorName(e) });
-  };
+async function checkExternalIdEnforced(sts: STSClient, target: ByokTarget, externalId: string, sessionName: string, list: ByokCheckList): Promise<void> {
   try {
-    // 2. AssumeRole with the ExternalId.
-    const sessionName = roleSessionName(opts.installationId);
-    const credentials = assumedRoleCredentials(sts, { roleArn: role.arn, externalId: opts.externalId, sessionName, durationSeconds: 900 });
-    try {
-      const c = await credentials();
-      add({ id: 'assume-role', title: TITLES['assume-role'], status: 'pass', detail: `session credentials valid until ${c.expiration?.toISOString() ?? '?'}` });
-    } catch (err) {
-      fail('assume-role', err, 'AssumeRole');
-      skipRest(['external-id-enforced', 'describe-key', 'round-trip', 'latency'], TITLES, 'not run: the role could not be assumed');
-      return report;
-    }
-
-    // 3. Without the ExternalId it must be refused.
-    try {
-      await assumedRoleCredentials(sts, { roleArn: role.arn, externalId: undefined, sessionName, durationSeconds: 900 })();
-      add({
-        id: 'external-id-enforced',
-        title: TITLES['external-id-enforced'],
-        status: 'fail',
-        detail: 'the role can be assumed WITHOUT the ExternalId: its trust policy does not enforce it (confused-deputy risk)',
-        fix: `add to the trust policy statement: "Condition": {"StringEquals": {"sts:ExternalId": "${opts.externalId}"}}`,
-      });
-    } catch (err) {
-      const name = awsErrorName(err);
-      if (name === 'AccessDenied' || name === 'AccessDeniedException') {
-        add({ id: 'external-id-enforced', title: TITLES['external-id-enforced'], status: 'pass', detail: 'STS refused it (AccessDenied): the trust policy checks sts:ExternalId' });
-      } else {
-        fail('external-id-enforced', err, 'AssumeRole', { withoutExternalId: true });
-      }
-    }
-
-    // 4. DescribeKey.
-    kms = createKmsClient(target.region, credentials);
-    try {
-      const out = await kms.send(new DescribeKeyCommand({ KeyId: key.arn }));
-      const problem = keyMetadataProblem(out.KeyMetadata);
-      if (problem) {
-        add({ id: 'describe-key', title: TITLES['describe-key'], status: 'fail', detail: problem.message, fix: problem.hint, awsError: undefined });
-        skipRest(['round-trip', 'latency'], TITLES, 'not run: the key is not usable');
-        return report;
-      }
-      if (out.KeyMetadata?.Arn && out.KeyMetadata.Arn !== key.arn) {
-        add({ id: 'describe-key', title: TITLES['describe-key'], status: 'fail', detail: `KMS describes ${out.KeyMetadata.Arn}, not ${key.arn}`, fix: 'pass the key ARN exactly as KMS shows it' });
-        skipRest(['round-trip', 'latency'], TITLES, 'not run: the key is not usable');
-        return report;
-      }
-      const m = out.KeyMetadata!;
-      add({
-        id: 'describe-key',
-        title: TITLES['describe-key'],
-        status: 'pass',
-        detail: `${m.KeySpec ?? m.CustomerMasterKeySpec}, ${m.KeyUsage}, ${m.KeyState}, origin ${m.Origin ?? '?'}${m.MultiRegion ? ', multi-Region' : ''}`,
-      });
-    } catch (err) {
-      fail('describe-key', err, 'DescribeKey');
-      skipRest(['round-trip', 'latency'], TITLES, 'not run: DescribeKey failed');
-      return report;
-    }
-
-    // 5. Round trips with an encryption context.
-    const context = { 'alation-keys:installation': opts.installationId, 'alation-keys:purpose': 'byok-test' };
-    let blob: Uint8Array;
-    let op: AwsOperation = 'GenerateDataKey';
-    try {
-      const g = await kms.send(new GenerateDataKeyCommand({ KeyId: key.arn, KeySpec: 'AES_256', EncryptionContext: context }));
-      op = 'Decrypt';
-      const d = await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: g.CiphertextBlob, EncryptionContext: context }));
-      if (!g.Plaintext || !d.Plaintext || g.Plaintext.length !== 32 || !Buffer.from(g.Plaintext).equals(Buffer.from(d.Plaintext))) {
-        throw new ProviderError('KMS Decrypt did not return the data key GenerateDataKey made');
-      }
-      op = 'Encrypt';
-      const probe = Buffer.from(`alation-keys byok test ${new Date().toISOString()}`);
-      const e = await kms.send(new EncryptCommand({ KeyId: key.arn, Plaintext: probe, EncryptionContext: context }));
-      op = 'Decrypt';
-      const d2 = await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: e.CiphertextBlob, EncryptionContext: context }));
-      if (!d2.Plaintext || !Buffer.from(d2.Plaintext).equals(probe)) throw new ProviderError('KMS Decrypt did not return what Encrypt was given');
-      blob = e.CiphertextBlob!;
-      add({ id: 'round-trip', title: TITLES['round-trip'], status: 'pass', detail: 'kms:GenerateDataKey, kms:Encrypt and kms:Decrypt work with an encryption context' });
-    } catch (err) {
-      fail('round-trip', err, op);
-      skipRest(['latency'], TITLES, 'not run: the round trip failed');
-      return report;
-    }
-
-    // 6. Latency.
-    const samples = Math.max(3, opts.latencySamples ?? 10);
-    const times: number[] = [];
-    try {
-      for (let i = 0; i < samples; i++) {
-        const t0 = process.hrtime.bigint();
-        await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: blob, EncryptionContext: context }));
-        times.push(Number(process.hrtime.bigint() - t0) / 1e6);
-      }
-    } catch (err) {
-      fail('latency', err, 'Decrypt');
-      return report;
-    }
-    times.sort((a, b) => a - b);
-    const latency: LatencyReport = {
-      samples,
-      medianMs: round1(percentile(times, 50)),
-      p95Ms: round1(percentile(times, 95)),
-      keyRegion: key.region,
-      serviceRegion: target.serviceRegion ?? null,
-    };
-    report.latency = latency;
-    const warnings: string[] = [];
-    const fixes: string[] = [];
-    if (target.serviceRegion && target.serviceRegion !== key.region) {
-      warnings.push(`the key is in ${key.region} but the service runs in ${target.serviceRegion}: every KMS call crosses regions`);
-      fixes.push(`use a key in ${target.serviceRegion} (or a multi-Region replica there) to cut latency and keep working when ${key.region} is impaired`);
-    }
-    if (latency.p95Ms > 1000) {
-      warnings.push(`p95 latency ${latency.p95Ms} ms is high`);
-      fixes.push('check the network path to KMS (VPC endpoint, proxy)');
-    }
-    const stats = `Decrypt median ${latency.medianMs} ms, p95 ${latency.p95Ms} ms over ${samples} calls`;
-    add({
-      id: 'latency',
-      title: TITLES.latency,
-      status: warnings.length ? 'warn' : 'pass',
-      detail: warnings.length ? `${stats}; ${warnings.join('; ')}` : stats,
-      fix: fixes.length ? fixes.join('; ') : undefined,
+    await assumedRoleCredentials(sts, { roleArn: target.role.arn, externalId: undefined, sessionName, durationSeconds: 900 })();
+    list.add('external-id-enforced', {
+      status: 'fail',
+      detail: 'the role can be assumed WITHOUT the ExternalId: its trust policy does not enforce it (confused-deputy risk)',
+      fix: `add to the trust policy statement: "Condition": {"StringEquals": {"sts:ExternalId": "${externalId}"}}`,
     });
-  } finally {
-    kms?.destroy();
-    sts.destroy();
+  } catch (err) {
+    const name = awsErrorName(err);
+    if (name === 'AccessDenied' || name === 'AccessDeniedException') {
+      list.add('external-id-enforced', { status: 'pass', detail: 'STS refused it (AccessDenied): the trust policy checks sts:ExternalId' });
+    } else {
+      list.fail('external-id-enforced', err, 'AssumeRole', { withoutExternalId: true });
+    }
   }
-  report.ok = checks.every((c) => c.status === 'pass' || c.status === 'warn');
-  return report;
+}
+
+async function checkDescribeKey(kms: KMSClient, target: ByokTarget, list: ByokCheckList): Promise<boolean> {
+  const { key } = target;
+  try {
+    const out = await kms.send(new DescribeKeyCommand({ KeyId: key.arn }));
+    const problem = keyMetadataProblem(out.KeyMetadata);
+    if (problem) {
+      list.add('describe-key', { status: 'fail', detail: problem.message, fix: problem.hint, awsError: undefined });
+      list.skipAfter('describe-key', 'not run: the key is not usable');
+      return false;
+    }
+    if (out.KeyMetadata?.Arn && out.KeyMetadata.Arn !== key.arn) {
+      list.add('describe-key', { status: 'fail', detail: `KMS describes ${out.KeyMetadata.Arn}, not ${key.arn}`, fix: 'pass the key ARN exactly as KMS shows it' });
+      list.skipAfter('describe-key', 'not run: the key is not usable');
+      return false;
+    }
+    const m = out.KeyMetadata!;
+    list.add('describe-key', {
+      status: 'pass',
+      detail: `${m.KeySpec ?? m.CustomerMasterKeySpec}, ${m.KeyUsage}, ${m.KeyState}, origin ${m.Origin ?? '?'}${m.MultiRegion ? ', multi-Region' : ''}`,
+    });
+    return true;
+  } catch (err) {
+    list.fail('describe-key', err, 'DescribeKey');
+    list.skipAfter('describe-key', 'not run: DescribeKey failed');
+    return false;
+  }
+}
+
+/** GenerateDataKey → Decrypt and Encrypt → Decrypt; returns a ciphertext for the latency samples, or undefined when it failed. */
+async function checkRoundTrip(kms: KMSClient, target: ByokTarget, context: Record<string, string>, list: ByokCheckList): Promise<Uint8Array | undefined> {
+  const keyId = target.key.arn;
+  let op: AwsOperation = 'GenerateDataKey';
+  try {
+    const g = await kms.send(new GenerateDataKeyCommand({ KeyId: keyId, KeySpec: 'AES_256', EncryptionContext: context }));
+    op = 'Decrypt';
+    const d = await kms.send(new DecryptCommand({ KeyId: keyId, CiphertextBlob: g.CiphertextBlob, EncryptionContext: context }));
+    if (!g.Plaintext || !d.Plaintext || g.Plaintext.length !== 32 || !Buffer.from(g.Plaintext).equals(Buffer.from(d.Plaintext))) {
+      throw new ProviderError('KMS Decrypt did not return the data key GenerateDataKey made');
+    }
+    op = 'Encrypt';
+    const probe = Buffer.from(`alation-keys byok test ${new Date().toISOString()}`);
+    const e = await kms.send(new EncryptCommand({ KeyId: keyId, Plaintext: probe, EncryptionContext: context }));
+    op = 'Decrypt';
+    const d2 = await kms.send(new DecryptCommand({ KeyId: keyId, CiphertextBlob: e.CiphertextBlob, EncryptionContext: context }));
+    if (!d2.Plaintext || !Buffer.from(d2.Plaintext).equals(probe)) throw new ProviderError('KMS Decrypt did not return what Encrypt was given');
+    list.add('round-trip', { status: 'pass', detail: 'kms:GenerateDataKey, kms:Encrypt and kms:Decrypt work with an encryption context' });
+    return e.CiphertextBlob!;
+  } catch (err) {
+    list.fail('round-trip', err, op);
+    list.skipAfter('round-trip', 'not run: the round trip failed');
+    return undefined;
+  }
+}
+
+async function measureLatency(
+  kms: KMSClient,
+  target: ByokTarget,
+  context: Record<string, string>,
+  blob: Uint8Array,
+  samples: number,
+  list: ByokCheckList,
+): Promise<LatencyReport | null> {
+  const { key } = target;
+  const times: number[] = [];
+  try {
+    for (let i = 0; i < samples; i++) {
+      const t0 = process.hrtime.bigint();
+      await kms.send(new DecryptCommand({ KeyId: key.arn, CiphertextBlob: blob, EncryptionContext: context }));
+      times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+  } catch (err) {
+    list.fail('latency', err, 'Decrypt');
+    return null;
+  }
+  times.sort((a, b) => a - b);
+  const latency: LatencyReport = {
+    samples,
+    medianMs: round1(percentile(times, 50)),
+    p95Ms: round1(percentile(times, 95)),
+    keyRegion: key.region,
+    serviceRegion: target.serviceRegion ?? null,
+  };
+  const warnings: string[] = [];
+  const fixes: string[] = [];
+  if (target.serviceRegion && target.serviceRegion !== key.region) {
+    warnings.push(`the key is in ${key.region} but the service runs in ${target.serviceRegion}: every KMS call crosses regions`);
+    fixes.push(`use a key in ${target.serviceRegion} (or a multi-Region replica there) to cut latency and keep working when ${key.region} is impaired`);
+  }
+  if (latency.p95Ms > 1000) {
+    warnings.push(`p95 latency ${latency.p95Ms} ms is high`);
+    fixes.push('check the network path to KMS (VPC endpoint, proxy)');
+  }
+  const stats = `Decrypt median ${latency.medianMs} ms, p95 ${latency.p95Ms} ms over ${samples} calls`;
+  list.add('latency', {
+    status: warnings.length ? 'warn' : 'pass',
+    detail: warnings.length ? `${stats}; ${warnings.join('; ')}` : stats,
+    fix: fixes.length ? fixes.join('; ') : undefined,
+  });
+  return latency;
 }
 
 // ---------------------------------------------------------------------------
