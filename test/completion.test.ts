@@ -42,6 +42,8 @@ describe('completion bash', () => {
   test('completes rot to rotate and rotate --if- to --if-older-than', async () => {
     expect(await complete('rot')).toEqual(['rotate']);
     expect(await complete('rotate', '--if-')).toEqual(['--if-older-than']);
+    expect(await complete('ver')).toEqual(['verify']);
+    expect(await complete('verify', '--sc')).toEqual(['--scan-limit']);
   });
 
   test('follows the command tree: subcommands, their own options, global options after them, and option values', async () => {

@@ -152,6 +152,11 @@ export function envelopeFromTextBytes(raw: Buffer): Buffer {
   return bytes;
 }
 
+/** The binary envelope of a stored value's raw bytes: text storage is decoded strictly, bytea is as is. */
+export function envelopeOfStoredBytes(raw: Buffer, storage: Storage): Buffer {
+  return storage === 'text' ? envelopeFromTextBytes(raw) : raw;
+}
+
 /** The DEK version of a stored value (bytea or text storage) without decrypting it. */
 export function storedValueVersion(value: Buffer | string): number {
   return envelopeVersion(typeof value === 'string' ? envelopeFromText(value) : value);

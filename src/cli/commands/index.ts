@@ -7,6 +7,7 @@ import * as jobs from './jobs';
 import * as keys from './keys';
 import * as backup from './backup';
 import * as rotate from './rotate';
+import * as verify from './verify';
 import * as byok from './byok';
 import * as completion from './completion';
 
@@ -19,6 +20,7 @@ export function registerCommands(program: Command, run: Runner): void {
   keys.register(program, run);
   backup.register(program, run);
   rotate.register(program, run);
+  verify.register(program, run);
   byok.register(program, run);
   completion.register(program, run);
 }

@@ -6,6 +6,7 @@
 import { Queryable } from '../../db/transaction';
 import { recordColumnCheckpoint } from '../jobs';
 import type { EncodedChunk } from './chunk-encoder';
+import { mergeRecorded, UndecryptableRow } from './undecryptable';
 
 export interface ColumnState {
   readonly watermark: string[] | null;
@@ -19,6 +20,8 @@ export interface ColumnState {
   readonly skipped: number;
   /** Values read per tally key (rotate: DEK version) in the first pass: the "before" of the summary. */
   readonly before?: Readonly<Record<string, number>>;
+  /** Values left untouched because they do not decrypt (--skip-undecryptable), one per row. */
+  readonly undecryptable?: readonly UndecryptableRow[];
 }
 
 /** The state of a column a job has not started: `rows` values of `bytes` bytes to rewrite. */
@@ -39,18 +42,25 @@ export function savedState(detail: Record<string, unknown> | null | undefined, c
     bytesDone: saved.bytesDone ?? 0,
     skipped: saved.skipped ?? 0,
     before: saved.before ?? {},
+    undecryptable: saved.undecryptable ?? [],
   };
 }
 
 /** After a chunk was written: `updated` of its rows changed, the others were changed meanwhile by the application. */
-export function afterChunk(state: ColumnState, chunk: Pick<EncodedChunk, 'hi' | 'count' | 'bytes' | 'versions'>, updated: number): ColumnState {
-  const next = {
+export function afterChunk(
+  state: ColumnState,
+  chunk: Pick<EncodedChunk, 'hi' | 'count' | 'bytes' | 'versions'> & Partial<Pick<EncodedChunk, 'undecryptable'>>,
+  updated: number,
+  column = '',
+): ColumnState {
+  const next: { -readonly [K in keyof ColumnState]: ColumnState[K] } = {
     ...state,
     watermark: chunk.hi,
     rowsDone: state.rowsDone + updated,
     bytesDone: state.bytesDone + chunk.bytes,
     skipped: state.skipped + (chunk.count - updated),
   };
+  if (chunk.undecryptable?.length) next.undecryptable = mergeRecorded(state.undecryptable, chunk.undecryptable, column);
   if (state.pass === 1) {
     const before = { ...(state.before ?? {}) };
     for (const [v, n] of Object.entries(chunk.versions)) before[v] = (before[v] ?? 0) + n;

@@ -7,6 +7,7 @@ import { CopyPayloadBuilder, CopyRow } from './copy-binary';
 import { PassDescription } from './pass';
 import { storedPrefixLength } from './plan';
 import { openTransform, ValueRewriter } from './transform';
+import { stoppedAt, UndecryptableRow, UndecryptableValue } from './undecryptable';
 
 /** One chunk ready for the writer: a whole COPY … FROM STDIN (FORMAT binary) payload. */
 export interface EncodedChunk {
@@ -19,6 +20,11 @@ export interface EncodedChunk {
   bytes: number;
   /** Values read per tally key of the transform (rotate: per DEK version, including ones already under the new key). */
   versions: Record<string, number>;
+  /** Values read, and their stored bytes. */
+  rows: number;
+  bytesRead: number;
+  /** Values left untouched because they do not decrypt (only with skipUndecryptable). */
+  undecryptable: UndecryptableRow[];
 }
 
 /**
@@ -51,10 +57,14 @@ export class ChunkEncoder {
       keys[i] = k ? k.toString('utf8') : '';
     }
     this.watermark = keys;
-    const chunk = (this.chunk ??= { lo: keys, hi: keys, count: 0, bytes: 0, versions: {} });
+    const chunk = (this.chunk ??= { lo: keys, hi: keys, count: 0, bytes: 0, versions: {}, rows: 0, bytesRead: 0, undecryptable: [] });
     chunk.hi = keys;
     const raw = fields[nk + 1]!;
-    if (!this.rewriter.read(raw, keys, chunk.versions)) return null;
+    chunk.rows++;
+    chunk.bytesRead += raw.length;
+    if (!this.read(raw, keys, fields[nk]!, chunk)) {
+      return this.pass.readRowsPerChunk !== undefined && chunk.rows >= this.pass.readRowsPerChunk ? this.take() : null;
+    }
     const b = (this.builder ??= new CopyPayloadBuilder());
     b.row(nk + 3);
     for (let i = 0; i < nk; i++) b.field(fields[i]);
@@ -64,6 +74,18 @@ export class ChunkEncoder {
     chunk.count++;
     if (chunk.count >= this.pass.batchSize || chunk.bytes >= this.pass.chunkBytes) return this.take();
     return null;
+  }
+
+  /** The transform's decision for one value; a value that does not decrypt stops the pass or is recorded. */
+  private read(raw: Buffer, keys: string[], xmin: Buffer, chunk: Omit<EncodedChunk, 'pieces'>): boolean {
+    try {
+      return this.rewriter.read(raw, keys, chunk.versions);
+    } catch (err) {
+      if (!(err instanceof UndecryptableValue)) throw err;
+      if (!this.pass.skipUndecryptable) throw stoppedAt(this.pass.plan, keys, err, this.pass.transform.kind);
+      chunk.undecryptable.push({ key: keys, xmin: xmin.toString('latin1'), reason: err.reason, version: err.version });
+      return false;
+    }
   }
 
   /** The chunk in progress (possibly with no staging rows), or null when nothing was read since the last one. */

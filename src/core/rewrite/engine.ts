@@ -77,6 +77,8 @@ export interface RewriteContext {
   limiter: RateLimiter;
   vacuumer: Vacuumer;
   events: RewriteEvents;
+  /** Leave values that do not decrypt untouched and record their rows (undecryptable.ts) instead of stopping. */
+  skipUndecryptable?: boolean;
 }
 
 const RETRYABLE = new Set(['55P03', '57014', '40P01', '40001']);
@@ -132,7 +134,7 @@ async function writeChunk(client: PoolClient, ctx: RewriteContext, p: ColumnPlan
         const upd = await client.query(updateFromStageSql(p), [...chunk.lo, ...chunk.hi]);
         updated = upd.rowCount ?? 0;
       }
-      const next = afterChunk(state, chunk, updated);
+      const next = afterChunk(state, chunk, updated, p.name);
       await saveState(client, ctx.jobId, p.name, next, updated, chunk.bytes);
       await client.query('COMMIT');
       return next;
@@ -193,6 +195,7 @@ export async function rewriteColumnPass(ctx: RewriteContext, p: ColumnPlan, star
     chunkBytes: ctx.chunkBytes,
     watermark: state.watermark,
     pendingOnly: state.pass > 1,
+    skipUndecryptable: ctx.skipUndecryptable,
   });
   let stopped = false;
   try {

@@ -18,4 +18,11 @@ export interface PassDescription {
   pendingOnly: boolean;
   /** Read at most this many rows, in one page (the dry run's sample). */
   limitRows?: number;
+  /**
+   * Leave values that do not decrypt untouched and list their rows in the chunk (rotate
+   * --skip-undecryptable, verify) instead of stopping at the first (undecryptable.ts).
+   */
+  skipUndecryptable?: boolean;
+  /** Also end a chunk after this many rows read (a pass that writes little or nothing, as verify). */
+  readRowsPerChunk?: number;
 }

@@ -4,10 +4,10 @@
  * left alone.
  */
 import { randomBytes } from 'node:crypto';
-import { EnvelopeAuthError, NONCE_LENGTH, TEXT_PREFIX_BYTES, envelopeFromTextBytes, envelopeVersion, openEnvelope, sealEnvelope } from '../../crypto/envelope';
-import { IntegrityError } from '../../errors';
+import { NONCE_LENGTH, TEXT_PREFIX_BYTES, sealEnvelope } from '../../crypto/envelope';
 import { CopyPayloadBuilder } from './copy-binary';
-import { ColumnPlan, describeKey, notUnderSql } from './plan';
+import { ColumnPlan, notUnderSql } from './plan';
+import { DataKeys, openWithDataKeys, readStoredEnvelope } from './undecryptable';
 import { ValueRewriter } from './value-rewriter';
 
 export interface RotateTransform {
@@ -16,6 +16,8 @@ export interface RotateTransform {
   newDek: Uint8Array;
   /** Every data key a value may name, by version. */
   deks: Array<[number, Uint8Array]>;
+  /** Versions of destroyed data keys (a value naming one is reported as such). */
+  destroyed?: number[];
 }
 
 const NONCE_BATCH = 4096;
@@ -35,18 +37,8 @@ function nextNonce(): Buffer {
   return n;
 }
 
-function integrity(p: ColumnPlan, keys: string[], why: string, version?: number): IntegrityError {
-  const key: Record<string, string> = {};
-  p.keyColumns.forEach((k, i) => (key[k] = keys[i]));
-  return new IntegrityError(
-    `value in ${p.name} at ${describeKey(p, keys)} ${why}; the rotation stopped before writing its chunk`,
-    { schema: p.col.table_schema, table: p.col.table_name, column: p.col.column_name, key, version },
-    { hint: 'restore that value from a backup (or set it NULL if it is expendable), then run `alation-keys rotate` again to resume' },
-  );
-}
-
 class RotationRewriter implements ValueRewriter {
-  private readonly deks: Map<number, Buffer>;
+  private readonly keys: DataKeys;
   private readonly newDek: Buffer;
   private readonly text: boolean;
   private sealed: Buffer | null = null;
@@ -56,34 +48,18 @@ class RotationRewriter implements ValueRewriter {
     private readonly p: ColumnPlan,
   ) {
     // Copies, so wipe() never zeroes the caller's keys.
-    this.deks = new Map(t.deks.map(([v, k]) => [v, Buffer.from(k)]));
+    this.keys = { usable: new Map(t.deks.map(([v, k]) => [v, Buffer.from(k)])), destroyed: new Set(t.destroyed ?? []) };
     this.newDek = Buffer.from(t.newDek);
     this.text = p.col.storage === 'text';
   }
 
-  read(raw: Buffer, keys: string[], tally: Record<string, number>): boolean {
-    const p = this.p;
-    let envelope: Buffer;
-    let version: number;
-    try {
-      envelope = this.text ? envelopeFromTextBytes(raw) : raw;
-      version = envelopeVersion(envelope);
-    } catch (err) {
-      throw integrity(p, keys, `is not a valid envelope (${(err as Error).message})`);
-    }
+  read(raw: Buffer, _keys: string[], tally: Record<string, number>): boolean {
+    const { envelope, version } = readStoredEnvelope(raw, this.p.col.storage);
     tally[version] = (tally[version] ?? 0) + 1;
     // Already under the new key (written by an up-to-date application instance): leave it.
     if (version === this.t.toVersion) return false;
-    const dek = this.deks.get(version);
-    if (!dek) throw integrity(p, keys, `names data key v${version}, which the keyring does not have (destroyed?)`, version);
-    let plain: Buffer;
-    try {
-      plain = openEnvelope(dek, envelope, p.col.context);
-    } catch (err) {
-      if (err instanceof EnvelopeAuthError) throw integrity(p, keys, `failed authentication under data key v${version}`, version);
-      throw err;
-    }
-    this.sealed = sealEnvelope(this.newDek, this.t.toVersion, plain, p.col.context, nextNonce());
+    const plain = openWithDataKeys(this.keys, envelope, version, this.p.col.context);
+    this.sealed = sealEnvelope(this.newDek, this.t.toVersion, plain, this.p.col.context, nextNonce());
     plain.fill(0);
     return true;
   }
@@ -97,7 +73,7 @@ class RotationRewriter implements ValueRewriter {
   }
 
   wipe(): void {
-    for (const k of this.deks.values()) k.fill(0);
+    for (const k of this.keys.usable.values()) k.fill(0);
     this.newDek.fill(0);
   }
 }

@@ -8,15 +8,18 @@
 import { ColumnPlan } from './plan';
 import { openRotation, RotateTransform, rotationPendingSql } from './rotate-transform';
 import { ValueRewriter } from './value-rewriter';
+import { openVerification, VerifyTransform } from './verify-transform';
 
 export type { ValueRewriter } from './value-rewriter';
 
-export type Transform = RotateTransform;
+export type Transform = RotateTransform | VerifyTransform;
 
 export function openTransform(t: Transform, p: ColumnPlan): ValueRewriter {
   switch (t.kind) {
     case 'rotate':
       return openRotation(t, p);
+    case 'verify':
+      return openVerification(t, p);
   }
 }
 
@@ -25,5 +28,8 @@ export function pendingSql(t: Transform, p: ColumnPlan, alias = ''): string {
   switch (t.kind) {
     case 'rotate':
       return rotationPendingSql(t, p, alias);
+    case 'verify':
+      // Every value is read once; verify has no later passes.
+      return 'true';
   }
 }
