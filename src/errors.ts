@@ -59,10 +59,6 @@ export class InterruptedError extends AlationKeysError {
   readonly exitCode = ExitCode.interrupted;
 }
 
-export function exitCodeOf(err: unknown): ExitCodeValue {
-  return err instanceof AlationKeysError ? err.exitCode : ExitCode.failed;
-}
-
 /**
  * Turns errors from pg, the OS and Node into our typed errors with a one-line message.
  * Typed errors pass through unchanged.

@@ -20,7 +20,6 @@ import {
 } from './backup';
 import {
   backupJobsListingKey,
-  backupJobsNeedingKey,
   backupManifestsForFile,
   JobRecord,
   listBackupJobs,
@@ -92,11 +91,6 @@ export async function listBackups(pool: Pool, opts: { limit?: number; all?: bool
   await requireInitialised(pool);
   await markOrphanedJobs(pool);
   return (await listBackupJobs(pool, opts)).map(entryOf);
-}
-
-/** Succeeded backups whose manifest says a restore needs DEK `version`. */
-export async function backupsNeedingKey(pool: Pool, version: number): Promise<BackupListEntry[]> {
-  return (await backupJobsNeedingKey(pool, version)).map(entryOf);
 }
 
 /** A recorded backup whose dump holds DEK `version` (wrapped), needed by it or not. */

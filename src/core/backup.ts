@@ -124,7 +124,6 @@ export function safeFilePart(name: string): string {
   return name.replace(/[^A-Za-z0-9_.-]+/g, '_').replace(/^\.+/, '_') || 'database';
 }
 
-const FINISHED_RE = /^.+-\d{8}T\d{6}Z(?:-\d+)?\.dump$/;
 const PARTIAL_RE = /^\..+-\d{8}T\d{6}Z(?:-\d+)?\.dump(?:\.manifest\.json)?\.partial$/;
 
 export function partialName(finalName: string): string {
@@ -721,6 +720,3 @@ function toolVersion(): string {
   }
 }
 
-export function isFinishedBackupName(name: string): boolean {
-  return FINISHED_RE.test(name);
-}

@@ -1,5 +1,4 @@
 /** The registry of encrypted columns (SPEC 4.2). */
-import { Pool } from 'pg';
 import { PreconditionError, UsageError } from '../errors';
 import { Storage } from '../crypto/envelope';
 import { requireTablePrivileges } from '../db/privileges';
@@ -260,10 +259,3 @@ export async function removeColumn(db: Queryable, name: string): Promise<Encrypt
   return col;
 }
 
-export async function requireColumns(pool: Pool): Promise<EncryptedColumn[]> {
-  const cols = await listColumns(pool);
-  if (cols.length === 0) {
-    throw new PreconditionError('no encrypted columns are registered', { hint: 'run `alation-keys columns add SCHEMA.TABLE.COLUMN`' });
-  }
-  return cols;
-}

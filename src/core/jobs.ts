@@ -137,17 +137,6 @@ export async function listBackupJobs(db: Queryable, opts: { limit?: number; all?
   return r.rows;
 }
 
-/** Succeeded backup jobs whose manifest says a restore needs DEK `version`, newest first. */
-export async function backupJobsNeedingKey(db: Queryable, version: number): Promise<JobRecord[]> {
-  const r = await db.query<JobRecord>(
-    `SELECT ${JOB_COLUMNS} FROM alation_keys.jobs
-      WHERE kind = 'backup' AND state = 'succeeded' AND detail->'manifest'->'keys'->'needed_versions' @> to_jsonb(ARRAY[$1::int])
-      ORDER BY id DESC`,
-    [version],
-  );
-  return r.rows;
-}
-
 /** Succeeded backup jobs whose manifest lists DEK `version` among the keys in the dump, newest first. */
 export async function backupJobsListingKey(db: Queryable, version: number): Promise<JobRecord[]> {
   const r = await db.query<JobRecord>(

@@ -2,7 +2,7 @@
  * Connection settings. Precedence: --database-url, then $ALATION_KEYS_DATABASE_URL,
  * then libpq's PG* variables as pg reads them, with database `rosemeta` when none is named.
  */
-import { Client, ClientConfig, Pool, PoolConfig } from 'pg';
+import { ClientConfig, Pool, PoolConfig } from 'pg';
 import { UsageError } from '../errors';
 
 export interface ConnectionOptions {
@@ -47,33 +47,12 @@ export function resolveConnectionConfig(opts: ConnectionOptions = {}): ClientCon
   return { database: env.PGDATABASE || DEFAULT_DATABASE, application_name: applicationName, options };
 }
 
-/** Same as resolveConnectionConfig but with the password left out: safe to print. */
-export function describeConnection(config: ClientConfig): string {
-  if (config.connectionString) {
-    try {
-      const u = new URL(config.connectionString);
-      u.password = '';
-      return u.toString();
-    } catch {
-      return '(unparseable URL)';
-    }
-  }
-  const env = process.env;
-  return `host=${env.PGHOST ?? 'localhost'} port=${env.PGPORT ?? 5432} user=${env.PGUSER ?? env.USER ?? ''} dbname=${config.database}`;
-}
-
 export function createPool(opts: ConnectionOptions & { max?: number } = {}): Pool {
   const config: PoolConfig = { ...resolveConnectionConfig(opts), max: opts.max ?? 4, idleTimeoutMillis: 10_000 };
   const pool = new Pool(config);
   // An idle client losing its connection (database restart) must not crash the process.
   pool.on('error', () => undefined);
   return pool;
-}
-
-export function createClient(opts: ConnectionOptions = {}): Client {
-  const client = new Client(resolveConnectionConfig(opts));
-  client.on('error', () => undefined);
-  return client;
 }
 
 const PLAIN_CONFIG_KEYS = ['connectionString', 'host', 'port', 'user', 'password', 'database', 'application_name', 'ssl', 'options', 'keepAlive'] as const;

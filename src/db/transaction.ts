@@ -90,19 +90,6 @@ export async function acquireAdvisoryLock(
   };
 }
 
-export async function withAdvisoryLock<T>(
-  pool: Pool,
-  describeHolder: (pid: number | undefined) => Promise<string>,
-  fn: () => Promise<T>,
-): Promise<T> {
-  const lock = await acquireAdvisoryLock(pool, describeHolder);
-  try {
-    return await fn();
-  } finally {
-    await lock.release();
-  }
-}
-
 export function quoteIdent(name: string): string {
   return '"' + name.replace(/"/g, '""') + '"';
 }

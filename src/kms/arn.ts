@@ -38,10 +38,6 @@ export interface RoleArn {
 const KEY_FORMAT = 'arn:aws:kms:REGION:ACCOUNT-ID:key/KEY-ID';
 const ROLE_FORMAT = `arn:aws:iam::ACCOUNT-ID:role/${BYOK_ROLE_NAME}`;
 
-export function isValidRegion(region: string): boolean {
-  return REGION.test(region);
-}
-
 /** Throws a UsageError unless `region` looks like an AWS region name (us-east-1). */
 export function parseRegion(input: string | undefined, flag = '--region'): string {
   const region = (input ?? '').trim();

@@ -1,6 +1,6 @@
 import { Command } from 'commander';
 import { listBackups, verifyBackup, VerifyReport } from '../../core/backup-catalog';
-import { resolveBackupDir, takeBackup } from '../../core/backup';
+import { takeBackup } from '../../core/backup';
 import { formatBytes } from '../../core/headroom';
 import { IntegrityError, UsageError } from '../../errors';
 import { CommandContext, Runner } from '../context';

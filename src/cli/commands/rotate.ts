@@ -2,7 +2,6 @@ import { Command } from 'commander';
 import { describeFreeSpace, describeRequired, HEADROOM_RULE, parseByteSize } from '../../core/headroom';
 import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rewrite/rotate';
 import { nonEnvelopeError } from '../../core/census';
-import { resolveBackupDir } from '../../core/backup';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rewrite/util';
 import { Runner } from '../context';
