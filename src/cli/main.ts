@@ -28,6 +28,18 @@ function onSignal(signal: NodeJS.Signals): void {
   process.exit(ExitCode.interrupted);
 }
 
+/**
+ * Process warnings — the AWS SDK's NodeVersionSupportWarning, Node's ExperimentalWarning and
+ * DeprecationWarning — are for developers, not for an operator's terminal or cron mail: Node's
+ * own printer is removed and they are shown only with --verbose, as debug lines.
+ */
+function routeProcessWarnings(verbose: boolean): void {
+  process.removeAllListeners('warning');
+  process.on('warning', (w: Error) => {
+    if (verbose) process.stderr.write(`debug: process warning ${w.name}: ${w.message}\n`);
+  });
+}
+
 export function buildProgram(): Command {
   const program = new Command('alation-keys');
   program
@@ -76,6 +88,7 @@ export async function main(argv: string[]): Promise<number> {
   const program = buildProgram();
   wantsJson = argv.includes('--json');
   const verbose = argv.includes('--verbose') || argv.includes('-v');
+  routeProcessWarnings(verbose);
   try {
     if (argv.length <= 2) {
       program.outputHelp({ error: true });

@@ -71,9 +71,6 @@ export function awsCallLimits(): AwsCallLimits {
 }
 
 function clientConfig(region: string) {
-  // The SDK warns on every run that future releases need Node 22; an operator cannot act on
-  // that (this package supports Node 20), so keep stderr for what matters unless asked.
-  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const limits = awsCallLimits();
   return {
     region,
