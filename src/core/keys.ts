@@ -17,6 +17,7 @@ import { formatColumnName } from './identifiers';
 import { createJob, describeLockHolder, finishJob, JobActorOption, masterKeyIdsInJobs } from './jobs';
 import { dataKeyState, DekState, liveKekIds, markDataKeyDestroyed, readKeyring, rewrapKeyring } from './keyring';
 import { readSettings } from './settings';
+import { noPause, TestPause } from './test-hooks';
 import { versionExpr } from './value-sql';
 
 export const DEFAULT_BACKUP_RETENTION_MS = 30 * 86_400_000;
@@ -27,6 +28,8 @@ export interface DestroyOptions extends JobActorOption {
   /** Destroy even though a retained backup needs the DEK. */
   force?: boolean;
   providerOptions?: ProviderOptions;
+  /** TEST ONLY: holds the destroy at `destroy-planned` (src/core/test-hooks.ts). */
+  pause?: TestPause;
 }
 
 export interface DestroyPlan {
@@ -157,6 +160,7 @@ export async function destroyDataKey(pool: Pool, version: number, opts: DestroyO
       // wrapped this DEK is needed by the keyring any more.
       const newMasterKey = await provider.addKekVersion();
       let rewrappedFrom: string[] = [];
+      await (opts.pause ?? noPause)('destroy-planned');
       const destroyedAt = await withTransaction(pool, async (client) => {
         // Writers of a registered column that re-read the keyring wait; rows keep their values.
         const key = await dataKeyState(client, version, { forUpdate: true });

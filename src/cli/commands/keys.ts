@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { readKeyring } from '../../core/keyring';
 import { destroyDataKey, DestroyOptions, parseVersion, planDestroy, planPruneMasterKeys, pruneMasterKeys } from '../../core/keys';
 import { parseDuration } from '../../core/rewrite/util';
+import { testPauseFromEnv } from '../../core/test-hooks';
 import { requireInitialised } from '../../db/migrations';
 import { Runner } from '../context';
 import { formatAge, formatTime, renderTable } from '../render';
@@ -47,6 +48,7 @@ export function register(program: Command, run: Runner): void {
         force: !!flags.force,
         providerOptions: ctx.providerOptions,
         actor: ctx.actor,
+        pause: testPauseFromEnv(ctx.env),
       };
       const plan = await planDestroy(ctx.pool, version, opts);
       if (plan.alreadyDestroyed) {

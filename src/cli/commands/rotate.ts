@@ -2,6 +2,7 @@ import { Command } from 'commander';
 import { describeFreeSpace, describeRequired, HEADROOM_RULE, parseByteSize } from '../../core/headroom';
 import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rewrite/rotate';
 import { nonEnvelopeError } from '../../core/census';
+import { testPauseFromEnv } from '../../core/test-hooks';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rewrite/util';
 import { Runner } from '../context';
@@ -63,6 +64,7 @@ export function register(program: Command, run: Runner): void {
             env: ctx.env,
             databaseUrl: ctx.globals.databaseUrl,
             signal,
+            pause: testPauseFromEnv(ctx.env),
           },
           display.events(),
         );

@@ -41,7 +41,8 @@ import { ColumnPlan, copyIntoStageSql, createStageSql, describeKey, stageStorage
 import { chunksFromReader } from './reader-thread';
 import { RateLimiter } from './throttle';
 import { Transform } from './transform';
-import { sleep, testPause } from './util';
+import { sleep } from './util';
+import type { TestPause } from '../test-hooks';
 import { Vacuumer } from './vacuum';
 
 export interface ColumnProgress {
@@ -79,6 +80,8 @@ export interface RewriteContext {
   events: RewriteEvents;
   /** Leave values that do not decrypt untouched and record their rows (undecryptable.ts) instead of stopping. */
   skipUndecryptable?: boolean;
+  /** TEST ONLY: holds the pass at a named point (src/core/test-hooks.ts); noPause otherwise. */
+  pause: TestPause;
 }
 
 const RETRYABLE = new Set(['55P03', '57014', '40P01', '40001']);
@@ -113,7 +116,7 @@ export async function rewriteColumns(
         return;
       }
       finishedColumns++;
-      if (queue.length > 0 && finishedColumns === 1) await testPause('between-columns', stop.signal);
+      if (queue.length > 0 && finishedColumns === 1) await ctx.pause('between-columns', stop.signal);
     }
   };
   await Promise.all(Array.from({ length: Math.min(workers, Math.max(todo.length, 1)) }, worker));
@@ -200,6 +203,11 @@ export async function rewriteColumnPass(ctx: RewriteContext, p: ColumnPlan, star
   let stopped = false;
   try {
     for await (const chunk of chunks) {
+      if (chunk.count > 0) await ctx.pause('chunk-read', stop, `${p.name} ${JSON.stringify(chunk.lo)} ${JSON.stringify(chunk.hi)}`);
+      if (stop.aborted) {
+        stopped = true;
+        break;
+      }
       await ctx.limiter.take(chunk.count, stop);
       try {
         state = await writeChunk(writer, ctx, p, chunk, state);
@@ -209,7 +217,7 @@ export async function rewriteColumnPass(ctx: RewriteContext, p: ColumnPlan, star
       }
       ctx.vacuumer.wrote(p.table, chunk.bytes);
       ctx.events.progress?.(progressOf(p, state, startedAt, start));
-      await testPause('mid-column', stop);
+      await ctx.pause('mid-column', stop);
       if (stop.aborted) {
         stopped = true;
         break;

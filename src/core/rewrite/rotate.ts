@@ -27,7 +27,7 @@ import { convertingColumns, convertingError, nonEnvelopeError, nonEnvelopeProble
 import { listColumns } from '../columns';
 import { createJob, describeLockHolder, finishJob, getJob, JobActorOption, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
 import { addPrimaryDataKey, liveKekIds, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
-import { masterKeyRewriteHooks } from '../test-hooks';
+import { masterKeyRewriteHooks, noPause, TestPause } from '../test-hooks';
 import { ColumnState, initialState, nextPass, savedState, saveState, valuesBefore } from './checkpoint';
 import { converge, Convergence } from './convergence';
 import { dryRun, RotatePlan } from './dry-run';
@@ -35,7 +35,6 @@ import { RewriteContext, rewriteColumns, RewriteEvents } from './engine';
 import { ColumnPlan, countValues, countVersions, tableBytes, VersionCount } from './plan';
 import { checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, describeHeadroom, findResumable, openProvider, planColumns, throwIfStopped, censusColumns } from './preflight';
 import { RateLimiter } from './throttle';
-import { testPause } from './util';
 import { tablesWithoutVacuumRight, Vacuumer } from './vacuum';
 
 export type { ColumnProgress, RewriteEvents as RotateEvents } from './engine';
@@ -73,6 +72,8 @@ export interface RotateOptions extends JobActorOption {
   /** The environment a --backup's pg_dump runs with (PATH, libpq's PG* variables): the caller's. */
   env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
+  /** TEST ONLY: holds the rotation at named points (src/core/test-hooks.ts). */
+  pause?: TestPause;
 }
 
 export interface ColumnSummary {
@@ -343,6 +344,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     limiter: new RateLimiter(opts.maxRate),
     vacuumer,
     events,
+    pause: opts.pause ?? noPause,
   };
   const workers = Math.max(1, opts.workers ?? 1);
   const pass = async (todo: ColumnPlan[]) => {
@@ -351,10 +353,10 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   };
 
   try {
-    await testPause('after-key', stopper.signal);
+    await ctx.pause('after-key', stopper.signal);
     if (stopper.signal.aborted) throw interrupted(job.id);
     await pass(plans.filter((p) => !states.get(p.name)!.done));
-    await testPause('convergence', stopper.signal);
+    await ctx.pause('convergence', stopper.signal);
     if (stopper.signal.aborted) throw interrupted(job.id);
 
     // Converge: values written meanwhile by instances that had not loaded DEK N+1 yet.

@@ -1,4 +1,4 @@
-/** Small helpers of the rotation: durations, abortable sleep, the test-only pause hook. */
+/** Small helpers of the rotation: durations, abortable sleep. */
 import { UsageError } from '../../errors';
 
 const UNITS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 604_800_000 };
@@ -44,32 +44,5 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
     };
     const t = setTimeout(done, ms);
     signal?.addEventListener('abort', done, { once: true });
-  });
-}
-
-const paused = new Set<string>();
-
-/**
- * TEST ONLY. With ALATION_KEYS_TEST_PAUSE_AT=<phase> the process prints
- * `ALATION_KEYS_TEST_PAUSED <phase>` on stderr the first time it reaches that point and waits
- * there until it is signalled (SIGUSR2 carries on; SIGINT/SIGTERM stop at the next checkpoint) or killed.
- * Phases: after-key, mid-column, between-columns, convergence.
- */
-export async function testPause(phase: string, signal: AbortSignal): Promise<void> {
-  const want = process.env.ALATION_KEYS_TEST_PAUSE_AT;
-  if (!want || want !== phase || paused.has(phase)) return;
-  paused.add(phase);
-  process.stderr.write(`ALATION_KEYS_TEST_PAUSED ${phase}\n`);
-  await new Promise<void>((resolve) => {
-    const keepAlive = setInterval(() => undefined, 1000);
-    const done = () => {
-      clearInterval(keepAlive);
-      process.removeListener('SIGUSR2', done);
-      resolve();
-    };
-    if (signal.aborted) return done();
-    signal.addEventListener('abort', done, { once: true });
-    // SIGUSR2 lets the command carry on, as if the pause had not been there.
-    process.once('SIGUSR2', done);
   });
 }
