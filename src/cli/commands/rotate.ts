@@ -1,6 +1,8 @@
 import { Command } from 'commander';
 import { describeFreeSpace, describeRequired, HEADROOM_RULE, parseByteSize } from '../../core/headroom';
-import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary } from '../../core/rewrite/rotate';
+import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary, undecryptableMessage } from '../../core/rewrite/rotate';
+import { describeReason } from '../../core/rewrite/undecryptable';
+import { IntegrityError } from '../../errors';
 import { nonEnvelopeError } from '../../core/census';
 import { testPauseFromEnv } from '../../core/test-hooks';
 import { createPool } from '../../db/connection';
@@ -26,6 +28,7 @@ export function register(program: Command, run: Runner): void {
     .option('--data-dir <path>', "the server's data directory as mounted on this host, for the disk headroom check")
     .option('--free-space <bytes>', "free space on the server's volume (e.g. 120GB), for a server whose data directory this host cannot see")
     .option('--skip-disk-check', `rotate without the disk headroom check (free ≥ ${HEADROOM_RULE})`)
+    .option('--skip-undecryptable', 'rewrite every value that decrypts; leave each that does not untouched and listed in the job (its data key stays active); exit 5')
     .option('--settle-time <duration>', 'wait at least this long after the new key is published before the final count (application instances re-read the keyring every 30 s)', '35s');
   cmd.action(
     run('rotate', cmd, async (ctx, _args, opts) => {
@@ -59,6 +62,7 @@ export function register(program: Command, run: Runner): void {
             skipDiskCheck: !!opts.skipDiskCheck,
             serverIsLocal: ctx.serverIsLocal,
             settleMs,
+            skipUndecryptable: !!opts.skipUndecryptable,
             providerOptions: ctx.providerOptions,
             actor: ctx.actor,
             env: ctx.env,
@@ -81,7 +85,13 @@ export function register(program: Command, run: Runner): void {
         } else {
           ctx.io.print(renderSummary(ctx.io, result));
         }
-        if (result.result === 'dry-run' && result.nonEnvelopes.length > 0) {
+        if (result.result === 'rotated' && !result.ok) {
+          throw new IntegrityError(`rotation job ${result.jobId}: ${undecryptableMessage(result.undecryptable)}`, undefined, {
+            reported: true,
+            hint: 'README "Values that do not decrypt": restore or clear them, then run `alation-keys rotate` again to finish this job and retire the old keys',
+          });
+        }
+        if (result.result === 'dry-run' && result.nonEnvelopes.length > 0 && !opts.skipUndecryptable) {
           throw nonEnvelopeError(result.nonEnvelopes, 'the rotation would be refused', { reported: true });
         }
       } catch (err) {
@@ -95,6 +105,8 @@ export function register(program: Command, run: Runner): void {
 }
 
 const MB = 1024 * 1024;
+/** Values left untouched shown on a terminal; --json has all of them. */
+const UNDECRYPTABLE_SHOWN = 20;
 
 function versionsLine(v: Record<string, number>): string {
   const e = Object.entries(v);
@@ -103,7 +115,8 @@ function versionsLine(v: Record<string, number>): string {
 
 function renderSummary(io: IOStreams, s: RotateSummary): string {
   const out: string[] = [];
-  out.push(io.ok(`rotation job ${s.jobId} succeeded${s.resumed ? ' (resumed)' : ''}: data key v${s.toVersion} is primary, KEK ${s.kekId}`));
+  const head = (t: string) => (s.ok ? io.ok(t) : io.bad(t));
+  out.push(head(`rotation job ${s.jobId} ${s.ok ? 'succeeded' : 'rewrote every value that decrypts'}${s.resumed ? ' (resumed)' : ''}: data key v${s.toVersion} is primary, KEK ${s.kekId}`));
   out.push(`values per version before: ${versionsLine(s.valuesBefore)}`);
   out.push(`values per version after:  ${versionsLine(s.valuesAfter)}`);
   out.push(`retired: ${s.retiredVersions.length ? s.retiredVersions.map((v) => `v${v}`).join(', ') : 'none'} (kept for old backups, never destroyed by rotate)`);
@@ -120,6 +133,11 @@ function renderSummary(io: IOStreams, s: RotateSummary): string {
   out.push(
     `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB${thisRun} in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${s.passes} pass(es), ${s.vacuums} vacuum(s)`,
   );
+  if (s.undecryptable.length) {
+    const shown = s.undecryptable.slice(0, UNDECRYPTABLE_SHOWN);
+    out.push(io.bad(`left untouched, they do not decrypt${s.undecryptable.length > shown.length ? ` (the first ${shown.length} of ${formatCount(s.undecryptable.length)}; --json and \`jobs show ${s.jobId}\` list all)` : ''}:`));
+    for (const u of shown) out.push(`  ${u.column} at ${Object.entries(u.key).map(([k, v]) => `${k}=${v}`).join(', ')}: value ${describeReason(u.reason, u.version)}`);
+  }
   out.push(`recommended: ${s.recommendation}`);
   return out.join('\n');
 }

@@ -23,6 +23,8 @@ export interface DryRunOptions extends HeadroomOptions {
   backup?: boolean;
   maxBackupAgeMs?: number;
   providerOptions?: ProviderOptions;
+  /** Values that are not envelopes would be left untouched, not refused. */
+  skipUndecryptable?: boolean;
 }
 
 export interface RotatePlan {
@@ -71,7 +73,7 @@ export async function dryRun(pool: Pool, opts: DryRunOptions, rows: KeyringRow[]
   const censuses = await censusColumns(pool, cols);
   const nonEnvelopes = nonEnvelopeProblems(censuses);
   for (const x of convertingColumns(censuses)) preflight.push(x);
-  for (const x of nonEnvelopes) preflight.push(`values that are not envelopes in ${x}`);
+  if (!opts.skipUndecryptable) for (const x of nonEnvelopes) preflight.push(`values that are not envelopes in ${x}`);
   const targetVersion = resumable?.to_version ?? Math.max(...rows.map((r) => r.version)) + 1;
   const columns: RotatePlan['columns'] = [];
   let totalRows = 0;

@@ -27,6 +27,11 @@
  *  3. Use it: create the job row with each column's initialState() in detail.columns
  *     (checkpoint.ts), then call rewriteColumns() with a RewriteContext carrying the transform,
  *     and converge() to re-run passes over what its predicate still counts.
+ * A value the transform cannot open: `read` throws an UndecryptableValue (undecryptable.ts:
+ * readStoredEnvelope, openWithDataKeys); the pass stops there with an IntegrityError naming
+ * the row, or, with RewriteContext.skipUndecryptable, leaves it untouched and records its row
+ * in the column's checkpoint (ColumnState.undecryptable); count what is left to do with
+ * countPendingExceptRecorded and report what stayed with stillPending (rotate.ts does both).
  * Keep `read` lean: it runs once per value on the hot path. The compare-and-swap compares the
  * row's xmin and the stored prefix (plan.ts, storedPrefixLength); a transform whose input is
  * not an envelope needs a prefix of its own there.

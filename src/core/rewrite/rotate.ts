@@ -32,9 +32,10 @@ import { ColumnState, initialState, nextPass, savedState, saveState, valuesBefor
 import { converge, Convergence } from './convergence';
 import { dryRun, RotatePlan } from './dry-run';
 import { RewriteContext, rewriteColumns, RewriteEvents } from './engine';
-import { ColumnPlan, countValues, countVersions, tableBytes, VersionCount } from './plan';
+import { ColumnPlan, countValues, countVersions, notUnderSql, tableBytes, VersionCount } from './plan';
 import { checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, describeHeadroom, findResumable, openProvider, planColumns, throwIfStopped, censusColumns } from './preflight';
 import { RateLimiter } from './throttle';
+import { countPendingExceptRecorded, stillPending, UndecryptableReason } from './undecryptable';
 import { tablesWithoutVacuumRight, Vacuumer } from './vacuum';
 
 export type { ColumnProgress, RewriteEvents as RotateEvents } from './engine';
@@ -71,6 +72,12 @@ export interface RotateOptions extends JobActorOption {
   databaseUrl?: string;
   /** The environment a --backup's pg_dump runs with (PATH, libpq's PG* variables): the caller's. */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Rewrite every value that decrypts, leave each that does not untouched and record its row
+   * in the job (undecryptable.ts); the data keys they name stay active. Without it the first
+   * such value stops the rotation.
+   */
+  skipUndecryptable?: boolean;
   signal?: AbortSignal;
   /** TEST ONLY: holds the rotation at named points (src/core/test-hooks.ts). */
   pause?: TestPause;
@@ -85,8 +92,17 @@ export interface ColumnSummary {
   passes: number;
 }
 
+/** A value `rotate --skip-undecryptable` left untouched. */
+export interface UndecryptableValueReport {
+  column: string;
+  key: Record<string, string>;
+  reason: UndecryptableReason;
+  version: number | null;
+}
+
 export interface RotateSummary {
-  ok: true;
+  /** False when values that do not decrypt were left untouched (--skip-undecryptable): the job is `failed`. */
+  ok: boolean;
   result: 'rotated';
   jobId: number;
   resumed: boolean;
@@ -109,6 +125,8 @@ export interface RotateSummary {
   /** This run's rates. */
   rowsPerSecond: number;
   megabytesPerSecond: number;
+  /** Values left untouched because they do not decrypt (--skip-undecryptable), still in place. */
+  undecryptable: UndecryptableValueReport[];
   backup: { jobId: number; file: string } | null;
   recommendation: string;
 }
@@ -167,7 +185,8 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
     const converting = convertingColumns(censuses);
     if (converting.length > 0) throw convertingError(converting, 'rotate refused');
     const problems = nonEnvelopeProblems(censuses);
-    if (problems.length > 0) throw nonEnvelopeError(problems, 'rotate refused');
+    if (problems.length > 0 && !opts.skipUndecryptable) throw nonEnvelopeError(problems, 'rotate refused');
+    if (problems.length > 0) events.warn?.(`--skip-undecryptable: values that are not envelopes are left untouched: ${problems.join('; ')}`);
     resumable = await findResumable(pool, primary);
     if (resumable) {
       events.info?.(`resuming job ${resumable.id} (v${resumable.from_version ?? '?'}→v${resumable.to_version}) from its checkpoints (it was ${resumable.state}${resumable.error ? `: ${resumable.error}` : ''})`);
@@ -228,7 +247,7 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       kekId = created.kekId;
     }
     try {
-      return await runJob(pool, opts, events, { job, newDek, deks, plans, resumed, kekId, lock, backup });
+      return await runJob(pool, opts, events, { job, newDek, deks, destroyed: rows.filter((k) => k.state === 'destroyed').map((k) => k.version), plans, resumed, kekId, lock, backup });
     } finally {
       // Key material is not left in memory longer than the job needs it.
       for (const k of deks.values()) k.fill(0);
@@ -286,6 +305,8 @@ interface JobRun {
   job: JobRecord;
   newDek: Buffer;
   deks: Map<number, Buffer>;
+  /** Versions of destroyed data keys (a value naming one is reported as such). */
+  destroyed: number[];
   plans: ColumnPlan[];
   resumed: boolean;
   kekId: string;
@@ -337,7 +358,8 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   const ctx: RewriteContext = {
     pool,
     jobId: job.id,
-    transform: { kind: 'rotate', toVersion, newDek: r.newDek, deks: [...r.deks.entries()] },
+    transform: { kind: 'rotate', toVersion, newDek: r.newDek, deks: [...r.deks.entries()], destroyed: r.destroyed },
+    skipUndecryptable: opts.skipUndecryptable,
     batchSize: Math.max(1, Math.min(opts.batchSize ?? DEFAULT_BATCH_SIZE, opts.maxRate ? Math.ceil(opts.maxRate) : Infinity)),
     chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
     stopper,
@@ -368,7 +390,12 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
         for (const p of plans) {
           const counts = await countVersions(pool, p);
           addCounts(valuesAfter, counts);
-          const n = counts.filter((c) => c.version !== toVersion).reduce((a, c) => a + c.values, 0);
+          // With --skip-undecryptable, values left untouched because they do not decrypt are not
+          // still to do while unchanged; without it a later pass meets them and stops.
+          const recorded = opts.skipUndecryptable ? (states.get(p.name)!.undecryptable ?? []) : [];
+          const n = recorded.length
+            ? await countPendingExceptRecorded(pool, p, notUnderSql(p, toVersion, 't'), recorded)
+            : counts.filter((c) => c.version !== toVersion).reduce((a, c) => a + c.values, 0);
           if (n > 0) remaining.set(p, n);
         }
         return remaining;
@@ -388,8 +415,10 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       wording: rotationWording(job.id, toVersion),
     });
 
-    // Retire: old DEKs no value uses any more (kept for old backups, never destroyed here).
+    // Retire: old DEKs no value uses any more (kept for old backups, never destroyed here); the
+    // keys that values left untouched name are among those used, so they stay active.
     const retired = await retireUnusedDataKeys(pool, Object.keys(valuesAfter).filter((k) => k !== 'invalid').map(Number));
+    const undecryptable = await undecryptableLeft(pool, plans, states, toVersion);
     const summary = summarise(r, (await getJob(pool, job.id))!, states, {
       started,
       rowsAtStart,
@@ -398,8 +427,10 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       valuesAfter,
       passes,
       vacuums: vacuumer.vacuums,
+      undecryptable,
     });
-    await finishJob(pool, job.id, 'succeeded', undefined, { summary });
+    if (undecryptable.length === 0) await finishJob(pool, job.id, 'succeeded', undefined, { summary });
+    else await finishJob(pool, job.id, 'failed', undecryptableMessage(undecryptable), { summary, undecryptable });
     return summary;
   } catch (err) {
     const state = err instanceof InterruptedError ? 'interrupted' : 'failed';
@@ -409,6 +440,29 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   } finally {
     detach();
   }
+}
+
+/** The values the job left untouched because they do not decrypt, as they are now (rewritten meanwhile: gone). */
+async function undecryptableLeft(pool: Pool, plans: ColumnPlan[], states: ReadonlyMap<string, ColumnState>, toVersion: number): Promise<UndecryptableValueReport[]> {
+  const out: UndecryptableValueReport[] = [];
+  for (const p of plans) {
+    for (const row of await stillPending(pool, p, notUnderSql(p, toVersion, 't'), states.get(p.name)?.undecryptable ?? [])) {
+      const key: Record<string, string> = {};
+      p.keyColumns.forEach((k, i) => (key[k] = row.key[i]));
+      out.push({ column: p.name, key, reason: row.reason, version: row.version });
+    }
+  }
+  return out;
+}
+
+/** The job's error line for values left untouched. */
+export function undecryptableMessage(left: UndecryptableValueReport[]): string {
+  const keys = [...new Set(left.map((x) => x.version).filter((v): v is number => v !== null))].sort((a, b) => a - b);
+  return (
+    `${left.length} value(s) do not decrypt and were left untouched (--skip-undecryptable)` +
+    (keys.length ? `; data key(s) ${keys.map((v) => `v${v}`).join(', ')} stay active for them` : '') +
+    '; `alation-keys verify` lists them'
+  );
 }
 
 /** How convergence messages speak of a rotation. */
@@ -428,7 +482,16 @@ function summarise(
   r: JobRun,
   final: JobRecord,
   states: ReadonlyMap<string, ColumnState>,
-  run: { started: number; rowsAtStart: number; bytesAtStart: number; retired: number[]; valuesAfter: Record<string, number>; passes: number; vacuums: number },
+  run: {
+    started: number;
+    rowsAtStart: number;
+    bytesAtStart: number;
+    retired: number[];
+    valuesAfter: Record<string, number>;
+    passes: number;
+    vacuums: number;
+    undecryptable: UndecryptableValueReport[];
+  },
 ): RotateSummary {
   const durationSeconds = (Date.now() - run.started) / 1000;
   const columns: ColumnSummary[] = r.plans.map((p) => {
@@ -438,7 +501,7 @@ function summarise(
   const rowsThisRun = columns.reduce((a, c) => a + c.rows, 0) - run.rowsAtStart;
   const bytesThisRun = columns.reduce((a, c) => a + c.bytes, 0) - run.bytesAtStart;
   return {
-    ok: true,
+    ok: run.undecryptable.length === 0,
     result: 'rotated',
     jobId: r.job.id,
     resumed: r.resumed,
@@ -459,6 +522,7 @@ function summarise(
     bytesThisRun,
     rowsPerSecond: Math.round(rowsThisRun / Math.max(durationSeconds, 0.001)),
     megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
+    undecryptable: run.undecryptable,
     backup: r.backup,
     recommendation: 'take a backup now (`alation-keys backup`): backups made before this rotation need the old keys, which stay in the keyring as retired',
   };

@@ -125,22 +125,38 @@ export function mergeRecorded(recorded: readonly UndecryptableRow[] | undefined,
   return [...byKey.values()];
 }
 
+/** `unnest` of the recorded rows' keys and xmins as text arrays, and the condition matching row t to one (u). */
+function recordedRowsSql(p: ColumnPlan, recorded: readonly UndecryptableRow[], withXmin: boolean): { from: string; match: string; params: string[][] } {
+  const params: string[][] = p.keyColumns.map((_, i) => recorded.map((r) => r.key[i]));
+  params.push(recorded.map((r) => r.xmin));
+  const cols = [...p.keyColumns.map((_, i) => `k${i}`), 'row_xmin'];
+  const from = `unnest(${params.map((_, i) => `$${i + 1}::text[]`).join(', ')}) AS u(${cols.join(', ')})`;
+  const keys = p.keyColumns.map((k, i) => `t.${quoteIdent(k)} = u.k${i}::${p.keyTypes[i]}`);
+  return { from, match: [...keys, ...(withXmin ? ['t.xmin = u.row_xmin::xid'] : [])].join(' AND '), params };
+}
+
 /**
  * Values of the column for which `pending` (a predicate on alias t) holds, leaving out the
  * recorded rows that are unchanged since they were read (same key, same xmin).
  */
 export async function countPendingExceptRecorded(db: Queryable, p: ColumnPlan, pending: string, recorded: readonly UndecryptableRow[]): Promise<number> {
   const v = 't.' + quoteIdent(p.col.column_name);
-  const params: string[][] = p.keyColumns.map((_, i) => recorded.map((r) => r.key[i]));
-  params.push(recorded.map((r) => r.xmin));
-  const cols = p.keyColumns.map((_, i) => `k${i}`);
-  const args = params.map((_, i) => `$${i + 1}::text[]`).join(', ');
-  const match = p.keyColumns.map((k, i) => `t.${quoteIdent(k)} = u.k${i}::${p.keyTypes[i]}`).join(' AND ');
+  const u = recordedRowsSql(p, recorded, true);
   const r = await db.query<{ n: string }>(
     `SELECT count(*) AS n FROM ${p.table} AS t
-      WHERE ${v} IS NOT NULL AND ${pending}
-        AND NOT EXISTS (SELECT 1 FROM unnest(${args}) AS u(${[...cols, 'row_xmin'].join(', ')}) WHERE ${match} AND t.xmin = u.row_xmin::xid)`,
-    params,
+      WHERE ${v} IS NOT NULL AND ${pending} AND NOT EXISTS (SELECT 1 FROM ${u.from} WHERE ${u.match})`,
+    u.params,
   );
   return Number(r.rows[0].n);
+}
+
+/** The recorded rows whose value `pending` still holds for (the others were rewritten or changed since). */
+export async function stillPending(db: Queryable, p: ColumnPlan, pending: string, recorded: readonly UndecryptableRow[]): Promise<UndecryptableRow[]> {
+  if (recorded.length === 0) return [];
+  const u = recordedRowsSql(p, recorded, false);
+  const keys = p.keyColumns.map((k) => `t.${quoteIdent(k)}::text`).join(', ');
+  const v = 't.' + quoteIdent(p.col.column_name);
+  const r = await db.query<{ k: string[] }>(`SELECT ARRAY[${keys}] AS k FROM ${p.table} AS t JOIN ${u.from} ON ${u.match} WHERE ${v} IS NOT NULL AND ${pending}`, u.params);
+  const left = new Set(r.rows.map((x) => JSON.stringify(x.k)));
+  return recorded.filter((x) => left.has(JSON.stringify(x.key)));
 }
