@@ -2,7 +2,8 @@
  * The tool as a role that is not a superuser, created with exactly the statements of README
  * "Database privileges" (read from the README, so the two cannot drift), on a database where
  * PUBLIC was given nothing: init, columns add, status, rotate killed with kill -9 and resumed,
- * backup. Then each privilege taken away in turn: exit 3 naming it, never a raw SQL error.
+ * verify (and what it says of a column it may not read), backup. Then each privilege taken
+ * away in turn: exit 3 naming it, never a raw SQL error.
  */
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
@@ -122,6 +123,27 @@ test('rotate as the role, killed with kill -9 mid-column, then resumed: every va
   expect((await keyringRows(db.pool)).map((k) => k.version)).toEqual([1, 2]);
 });
 
+test('verify as the role: every value decrypts, and the unregistered columns are looked at with the SELECT the backup grant gives', async () => {
+  const r = await runCliJson(['verify'], { env });
+  expect([r.code, r.stderr]).toEqual([0, expect.any(String)]);
+  expect(r.json).toMatchObject({ ok: true, failed: 0, verified: r.json.values });
+  expect(r.json.values).toBeGreaterThan(500);
+  // credentials.name, documents.title, blobs.kind and audit_log.note.
+  expect(r.json.unregistered).toMatchObject({ columnsScanned: 4, found: [], unreadable: [] });
+});
+
+test('verify as the role without SELECT on an unregistered table: says which column it could not look at, exit 0', async () => {
+  await db.query(forTest('REVOKE SELECT ON public.audit_log FROM alation_keys_admin'));
+  try {
+    const r = await runCli(['verify'], { env });
+    expect([r.code, r.stderr]).toEqual([0, expect.not.stringMatching(/permission denied|\n\s+at /)]);
+    expect(r.stdout).toMatch(/unregistered text\/bytea columns: 3 looked at, at most 10,000 values each/);
+    expect(r.stdout).toContain(`not looked at: public.audit_log.note: the role lacks SELECT on table public.audit_log (GRANT SELECT ON public.audit_log TO ${ROLE})`);
+  } finally {
+    await db.query(forTest('GRANT SELECT ON ALL TABLES IN SCHEMA public TO alation_keys_admin'));
+  }
+});
+
 testWithPgDump('backup as the role: pg_dump reads everything with the granted privileges; the backup verifies', async () => {
   const out = path.join(dir, 'backups');
   const b = await runCliJson(['backup', '--out', out], { env });
@@ -131,6 +153,18 @@ testWithPgDump('backup as the role: pg_dump reads everything with the granted pr
 });
 
 describe('each privilege taken away in turn: exit 3 naming it, nothing changed', () => {
+  /** backup: pg_dump reads every table and every sequence of the schema (one README statement each). */
+  const dumpCase = (all: 'TABLES' | 'SEQUENCES', revoked: string, missing: string) => {
+    const grant = `GRANT SELECT ON ALL ${all} IN SCHEMA public TO alation_keys_admin`;
+    return {
+      privilege: `SELECT on every ${all === 'TABLES' ? 'table' : 'sequence'} (backup)`,
+      covers: grant,
+      take: `REVOKE SELECT ON ${revoked} FROM alation_keys_admin`,
+      give: grant,
+      args: ['backup', '--out', '/nonexistent/never-written'],
+      expected: new RegExp(`lacks SELECT on ${missing.replace(/\./g, '\\.')}, needed for pg_dump`),
+    };
+  };
   // `covers`: the README statement whose privilege the case takes away.
   const cases: Array<{ privilege: string; covers: string; take: string; give: string; args: string[]; expected: RegExp }> = [
     {
@@ -182,21 +216,15 @@ describe('each privilege taken away in turn: exit 3 naming it, nothing changed',
       expected: /lacks SELECT on table public\.credentials, needed to count and sample/,
     },
     {
-      privilege: 'SELECT on every table (backup)',
-      covers: 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO alation_keys_admin',
-      take: 'REVOKE SELECT ON public.audit_log FROM alation_keys_admin',
-      give: 'GRANT SELECT ON ALL TABLES IN SCHEMA public TO alation_keys_admin',
-      args: ['backup', '--out', '/nonexistent/never-written'],
-      expected: /lacks SELECT on table public\.audit_log, needed for pg_dump/,
+      privilege: 'SELECT on the registered tables (verify)',
+      covers: 'GRANT SELECT, UPDATE ON public.credentials, public.documents, public.blobs TO alation_keys_admin',
+      take: 'REVOKE SELECT ON public.documents FROM alation_keys_admin',
+      give: 'GRANT SELECT ON public.documents TO alation_keys_admin',
+      args: ['verify'],
+      expected: /lacks SELECT on table public\.documents, needed to read and decrypt the registered columns/,
     },
-    {
-      privilege: 'SELECT on every sequence (backup)',
-      covers: 'GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO alation_keys_admin',
-      take: 'REVOKE SELECT ON ALL SEQUENCES IN SCHEMA public FROM alation_keys_admin',
-      give: 'GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO alation_keys_admin',
-      args: ['backup', '--out', '/nonexistent/never-written'],
-      expected: /lacks SELECT on sequence public\.audit_log_id_seq, needed for pg_dump/,
-    },
+    dumpCase('TABLES', 'public.audit_log', 'table public.audit_log'),
+    dumpCase('SEQUENCES', 'ALL SEQUENCES IN SCHEMA public', 'sequence public.audit_log_id_seq'),
     {
       privilege: 'pg_read_all_settings (the headroom check)',
       covers: 'GRANT pg_read_all_settings TO alation_keys_admin',
