@@ -96,6 +96,14 @@ export function normaliseError(err: unknown): AlationKeysError {
       return new PreconditionError(`${message}`, { hint: 'name an existing database in --database-url or PGDATABASE', cause: err });
     case '28P01':
     case '28000':
+      // node-postgres takes the user from $PGUSER, else $USER; with neither (cron, `env -i`)
+      // and none in the URL it sends no user name at all: name the missing setting.
+      if (/no PostgreSQL user name specified/i.test(message)) {
+        return new UsageError('no database user name: the database URL names none, and neither PGUSER nor USER is set', {
+          hint: 'name the user in the URL (--database-url or ALATION_KEYS_DATABASE_URL: postgresql://USER@HOST/DATABASE) or set PGUSER',
+          cause: err,
+        });
+      }
       return new OperationError(`the database refused the login: ${message}`, {
         hint: 'check the user, and put the password in PGPASSWORD or ~/.pgpass',
         cause: err,

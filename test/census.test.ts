@@ -53,8 +53,8 @@ test('status counts values per data key, plaintext, malformed and NULLs per colu
   expect(r.json.keys.find((k: any) => k.version === 1).values).toBe(12);
   expect(r.json.attention).toEqual(
     expect.arrayContaining([
-      expect.stringMatching(/^public\.mixed_text\.secret: 3 plaintext value\(s\) in an encrypted column; run `alation-keys verify public\.mixed_text\.secret`/),
-      expect.stringMatching(/^public\.mixed_bytes\.payload: 1 value\(s\) look like envelopes but are malformed/),
+      expect.stringMatching(/^public\.mixed_text\.secret: 3 plaintext values in an encrypted column; run `alation-keys verify public\.mixed_text\.secret`/),
+      expect.stringMatching(/^public\.mixed_bytes\.payload: 1 value looks like an envelope but is malformed/),
     ]),
   );
 });
@@ -64,7 +64,7 @@ test('status --check exits 3 and the terminal table shows the census', async () 
   expect(r.code).toBe(3);
   expect(r.stdout).toMatch(/column .*state .*per data key .*plaintext .*malformed .*NULL/);
   expect(r.stdout).toMatch(/public\.mixed_text\.secret .*encrypted .*v1: 5 .*3 .*2 .*4/);
-  expect(r.stdout).toMatch(/3 plaintext value\(s\) in an encrypted column/);
+  expect(r.stdout).toMatch(/3 plaintext values in an encrypted column/);
 });
 
 test('columns list shows the census (terminal and JSON)', async () => {
@@ -81,7 +81,7 @@ test('rotate --dry-run counts plaintext and exits 5 naming the columns', async (
   expect(r.code).toBe(5);
   const t = r.json.columns.find((c: any) => c.column === TEXT);
   expect(t).toMatchObject({ plaintext: 3, malformed: 2, nulls: 4 });
-  expect(r.json.nonEnvelopes).toEqual([`${BYTES}: 2 plaintext value(s) and 1 malformed envelope(s)`, `${TEXT}: 3 plaintext value(s) and 2 malformed envelope(s)`]);
+  expect(r.json.nonEnvelopes).toEqual([`${BYTES}: 2 plaintext values and 1 malformed envelope`, `${TEXT}: 3 plaintext values and 2 malformed envelopes`]);
   const plain = await runCli(['rotate', '--dry-run', '--skip-backup-check'], { env: inst.env });
   expect(plain.code).toBe(5);
   expect(plain.stdout).toMatch(/would refuse now:/);
@@ -92,7 +92,7 @@ test('rotate --dry-run counts plaintext and exits 5 naming the columns', async (
 test('rotate refuses with exit 5 before it creates a data key', async () => {
   const r = await runCli(['rotate', ...FAST], { env: inst.env });
   expect(r.code).toBe(5);
-  expect(r.stderr).toMatch(/rotate refused: encrypted column\(s\) hold values that are not envelopes: public\.mixed_bytes\.payload: 2 plaintext value\(s\) and 1 malformed envelope\(s\); public\.mixed_text\.secret: 3 plaintext/);
+  expect(r.stderr).toMatch(/rotate refused: encrypted columns hold values that are not envelopes: public\.mixed_bytes\.payload: 2 plaintext values and 1 malformed envelope; public\.mixed_text\.secret: 3 plaintext/);
   expect(r.stderr).toMatch(/nothing was changed/);
   expect(await keyringRows(inst.db.pool)).toEqual([expect.objectContaining({ version: 1, state: 'primary' })]);
   const jobs = await inst.db.query(`SELECT count(*)::int AS n FROM alation_keys.jobs WHERE kind = 'rotate'`);

@@ -104,11 +104,11 @@ describe('init, columns, status, jobs through the real binary', () => {
   test('columns remove of a column holding values is refused (exit 3) without --force; with --force it needs confirmation', async () => {
     const refused = await runCli(['columns', 'remove', 'public."Vault".blob', '--yes'], { env });
     expect(refused.code).toBe(3);
-    expect(refused.stderr).toContain('still holds 25 encrypted value(s)');
+    expect(refused.stderr).toContain('still holds 25 encrypted values');
     expect(refused.stderr).toContain('--force');
     const r = await runCli(['columns', 'remove', 'public."Vault".blob', '--force'], { env });
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain('holds 25 encrypted value(s)');
+    expect(r.stderr).toContain('holds 25 encrypted values');
     expect(r.stderr).toContain('--yes');
     expect((await runCliJson(['columns', 'list'], { env })).json.columns).toHaveLength(3);
     const yes = await runCli(['columns', 'remove', 'public."Vault".blob', '--force', '--yes'], { env });

@@ -39,14 +39,14 @@ test('columns add on a column with plaintext: `encrypting`, with the count and t
   const r = await runCli(['columns', 'add', CREDS], { env: inst.env });
   expect([r.code, r.stderr]).toEqual([0, '']);
   expect(r.stdout).toContain('registered public.creds.secret (text, walked by id, context "public.creds.secret"): encrypting');
-  expect(r.stdout).toContain('it holds 100 plaintext value(s)');
+  expect(r.stdout).toContain('it holds 100 plaintext values');
   expect(r.stdout).toContain('`alation-keys encrypt public.creds.secret`');
   expect(await stateOf(CREDS)).toBe('encrypting');
   const again = await runCliJson(['columns', 'add', CREDS], { env: inst.env });
   expect(again.json).toMatchObject({ added: false, state: 'encrypting' });
   const status = await runCliJson(['status', '--no-provider-check'], { env: inst.env });
   expect(status.json.columns.find((c: any) => c.column === CREDS)).toMatchObject({ state: 'encrypting', plaintext: 100, nulls: 1 });
-  expect(status.json.attention).toContain('public.creds.secret is encrypting: 100 plaintext value(s) left; run `alation-keys encrypt public.creds.secret`');
+  expect(status.json.attention).toContain('public.creds.secret is encrypting: 100 plaintext values left; run `alation-keys encrypt public.creds.secret`');
 });
 
 test('columns add on an empty column, and on one holding only envelopes: `encrypted`', async () => {
@@ -101,7 +101,7 @@ test('the library follows the state: encrypting reads plaintext as is and writes
 test('rotate waits for a column that is encrypting: exit 3 naming it, before any new key', async () => {
   const r = await runCli(['rotate', ...FAST], { env: inst.env });
   expect(r.code).toBe(3);
-  expect(r.stderr).toContain('rotate refused: public.creds.secret is encrypting (100 plaintext value(s) left)');
+  expect(r.stderr).toContain('rotate refused: public.creds.secret is encrypting (100 plaintext values left)');
   expect(r.stderr).toContain('alation-keys encrypt');
   expect((await keyringRows(inst.db.pool)).map((k) => k.version)).toEqual([1]);
 });

@@ -91,7 +91,7 @@ describe('keys destroy refuses (exit 3, nothing changes)', () => {
     try {
       const r = await runCli(['keys', 'destroy', '1', '--yes'], { env: inst.env });
       expect(r.code).toBe(3);
-      expect(r.stderr).toMatch(/1 value\(s\) still use data key v1: public\.credentials\.secret 1/);
+      expect(r.stderr).toMatch(/1 value still uses data key v1: public\.credentials\.secret 1/);
       const row = await keyRow(1);
       expect(row.state).toBe('retired');
       expect(row.wrapped_key).not.toBeNull();
@@ -147,7 +147,7 @@ describe('keys destroy refuses (exit 3, nothing changes)', () => {
   test('while a recorded backup younger than --backup-retention needs it, naming the backup', async () => {
     const r = await runCli(['keys', 'destroy', '1', '--yes'], { env: inst.env });
     expect(r.code).toBe(3);
-    expect(r.stderr).toContain(`1 recorded backup(s) younger than the retention need data key v1: job ${preRotation.jobId}`);
+    expect(r.stderr).toContain(`1 recorded backup younger than the retention needs data key v1: job ${preRotation.jobId}`);
     expect(r.stderr).toContain(preRotation.file);
     expect(r.stderr).toContain('--force');
     expect((await keyRow(1)).state).toBe('retired');
@@ -157,7 +157,7 @@ describe('keys destroy refuses (exit 3, nothing changes)', () => {
     const r = await runCli(['keys', 'destroy', '1', '--force'], { env: inst.env });
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/confirmation needed/);
-    expect(r.stderr).toMatch(/1 backup\(s\) within the retention need data key v1/);
+    expect(r.stderr).toMatch(/1 backup within the retention needs data key v1/);
     expect((await keyRow(1)).state).toBe('retired');
   });
 });
@@ -286,7 +286,7 @@ test('remove a column that holds values (--force), rotate, destroy: refused, nam
   // The removed column's values still use v2, which rotate retired: destroy must see them.
   const r = await runCli(['keys', 'destroy', '2', '--force', '--yes'], { env: inst.env });
   expect(r.code).toBe(3);
-  expect(r.stderr).toMatch(new RegExp(`value\\(s\\) still use data key v2: ${DOCUMENTS.replace(/\./g, '\\.')} \\(removed\\) \\d+`));
+  expect(r.stderr).toMatch(new RegExp(`values? still uses? data key v2: ${DOCUMENTS.replace(/\./g, '\\.')} \\(removed\\) \\d+`));
   expect(r.stderr).toContain('re-add the removed column');
   expect((await keyRow(2)).state).toBe('retired');
   const again = await runCliJson(['columns', 'add', DOCUMENTS], { env: inst.env });

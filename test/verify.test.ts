@@ -52,7 +52,7 @@ test('a clean database: every value verifies, no envelope elsewhere, exit 0, a s
 
   const text = await runCli(['verify'], { env: inst.env });
   expect(text.code).toBe(0);
-  expect(text.stdout).toMatch(new RegExp(`verify job \\d+: ${total.toLocaleString('en-US')} value\\(s\\) read, ${total.toLocaleString('en-US')} verified, 0 failed`));
+  expect(text.stdout).toMatch(new RegExp(`verify job \\d+: ${total.toLocaleString('en-US')} values read, ${total.toLocaleString('en-US')} verified, 0 failed`));
   expect(text.stdout).toMatch(/unregistered text\/bytea columns: 3 looked at, at most 10,000 values each/);
 });
 
@@ -99,7 +99,7 @@ describe('one value of each kind that does not decrypt, and envelopes in an unre
   test('--json lists every failure with its row key, reason and data key; exit 5; the job records the counts', async () => {
     const before = await tableDigest(inst.db.pool);
     const r = await runCliJson(['verify'], { env: inst.env });
-    expect([r.code, r.stderr]).toEqual([5, expect.stringMatching(/error: verify job \d+: 5 value\(s\) do not decrypt and 1 unregistered column\(s\) hold envelopes/)]);
+    expect([r.code, r.stderr]).toEqual([5, expect.stringMatching(/error: verify job \d+: 5 values do not decrypt and 1 unregistered column holds envelopes/)]);
     expect(r.json.failures).toEqual([
       { column: 'public.blobs.payload', key: { id: planted.flipped }, reason: 'authentication', version: 2 },
       { column: 'public.blobs.payload', key: { id: planted.truncated }, reason: 'malformed', version: null },
@@ -120,7 +120,7 @@ describe('one value of each kind that does not decrypt, and envelopes in an unre
     expect(j).toMatchObject({ kind: 'verify', state: 'failed', rows_done: total });
     expect(j.detail.summary).toMatchObject({ failed: 5, failedByReason: { authentication: 1, malformed: 1, 'destroyed-key': 1, plaintext: 1, 'unknown-key': 1 } });
     expect(j.detail.failures).toHaveLength(5);
-    expect(j.error).toMatch(/5 value\(s\) failed to decrypt .*envelopes in unregistered columns \(public\.notes\.body: 3\)/);
+    expect(j.error).toMatch(/5 values failed to decrypt .*envelopes in unregistered columns \(public\.notes\.body: 3\)/);
     expect(await tableDigest(inst.db.pool)).toBe(before);
   });
 
@@ -130,7 +130,7 @@ describe('one value of each kind that does not decrypt, and envelopes in an unre
     expect(r.stdout).toContain(`public.blobs.payload at id=${planted.flipped}: authentication: value failed authentication under data key v2`);
     expect(r.stdout).toContain(`public.credentials.secret at id=${planted.plaintext}: plaintext: value is not a valid envelope`);
     expect(r.stdout).toContain(`public.documents.body at id=${planted.unknown}: unknown-key: value names data key v99`);
-    expect(r.stdout).toMatch(/public\.notes\.body: 3 envelope\(s\) among 4 values looked at \(v2: 3\), e\.g\. id=1; id=2; id=3/);
+    expect(r.stdout).toMatch(/public\.notes\.body: 3 envelopes among 4 values looked at \(v2: 3\), e\.g\. id=1; id=2; id=3/);
     expect(r.stdout).toMatch(/│ public\.documents\.body +│ encrypted │ v99 +│ 0 +│ 1 /);
     expect(r.stderr).not.toMatch(/\n\s+at /);
   });

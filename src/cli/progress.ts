@@ -3,6 +3,7 @@ import type { ColumnProgress } from '../core/rewrite/rotate';
 import { IOStreams, Progress } from './io';
 import { formatDuration } from '../core/rewrite/util';
 import { formatCount } from './render';
+import { count } from '../plural';
 
 const MB = 1024 * 1024;
 
@@ -37,7 +38,7 @@ export class ProgressDisplay {
       warn: (m: string) => (this.progress ? this.progress.log(`warning: ${m}`) : this.io.warn(m)),
       columnStart: (p: ColumnProgress) => {
         this.active.set(p.column, p);
-        this.bar().log(`${p.column}: pass ${p.pass}, ${formatCount(Math.max(p.rowsTotal - p.rowsDone - p.skipped, 0))} value(s) to go`);
+        this.bar().log(`${p.column}: pass ${p.pass}, ${count(Math.max(p.rowsTotal - p.rowsDone - p.skipped, 0), 'value', 'values', formatCount)} to go`);
         this.render();
       },
       progress: (p: ColumnProgress) => {
@@ -46,7 +47,7 @@ export class ProgressDisplay {
       },
       columnDone: (p: ColumnProgress) => {
         this.active.delete(p.column);
-        this.bar().log(`${p.column}: done, ${formatCount(p.rowsDone)} value(s), ${(p.bytesDone / MB).toFixed(1)} MB${p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : ''}`);
+        this.bar().log(`${p.column}: done, ${count(p.rowsDone, 'value', 'values', formatCount)}, ${(p.bytesDone / MB).toFixed(1)} MB${p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : ''}`);
         if (this.active.size) this.render();
       },
     };

@@ -29,6 +29,7 @@ import {
 import { KeyringRow, readKeyring } from './keyring';
 import { findPgTool, FoundPgTool, parsePgToolVersion } from './pg-tools';
 import { readSettings, Settings } from './settings';
+import { noun } from '../plural';
 
 export interface BackupListEntry {
   jobId: number;
@@ -506,7 +507,7 @@ function keysCheck(manifest: BackupManifest, needed: BackupManifest['keys']['dek
     check: 'keys',
     ok: true,
     detail: needed.length
-      ? `data key(s) ${needed.map((d) => `v${d.version}`).join(', ')} available (KEK ${manifest.keys.kek_ids.join(', ')})`
+      ? `${noun(needed.length, 'data key')} ${needed.map((d) => `v${d.version}`).join(', ')} available (KEK ${manifest.keys.kek_ids.join(', ')})`
       : 'the backup needs no data key',
   };
 }

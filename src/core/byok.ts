@@ -28,6 +28,7 @@ import { KeyProvider } from '../kms/provider';
 import { createJob, describeLockHolder, finishJob, JobActorOption, markOrphanedJobs } from './jobs';
 import { readKeyring, rewrapKeyring, unwrapKeyring } from './keyring';
 import { AwsSettings, ensureSetting, readSettings, Settings, writeSetting } from './settings';
+import { count } from '../plural';
 
 /** The KMS actions the role needs, no more. */
 export const BYOK_KMS_ACTIONS = ['kms:Decrypt', 'kms:DescribeKey', 'kms:Encrypt', 'kms:GenerateDataKey'] as const;
@@ -639,7 +640,7 @@ export async function applyOnboarding(
     const fromProvider = from;
     try {
       const result = await withTransaction(pool, async (tx) => {
-        opts.onProgress?.(`re-wrapping ${plan.dataKeys} data key(s) with KMS Encrypt`);
+        opts.onProgress?.(`re-wrapping ${count(plan.dataKeys, 'data key')} with KMS Encrypt`);
         const before = await unwrapKeyring(await readKeyring(tx), fromProvider);
         const rewrapped = await rewrapKeyring(tx, fromProvider, kmsProvider);
         // Prove every new wrapping opens to the same DEK before committing.

@@ -8,6 +8,7 @@ import { headerSql, isEnvelopeSql, versionOfHeader } from '../crypto/envelope-sq
 import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
 import { IntegrityError, PreconditionError } from '../errors';
 import { formatColumnName } from './identifiers';
+import { count } from '../plural';
 
 /** A registered column as the census needs it (an EncryptedColumn fits). */
 type ColumnRef = { table_schema: string; table_name: string; column_name: string; storage: Storage; state?: string };
@@ -80,8 +81,8 @@ export function nonEnvelopeProblems(censuses: ColumnCensus[]): string[] {
   for (const c of censuses) {
     if (c.state !== 'encrypted') continue;
     const parts: string[] = [];
-    if (c.plaintext > 0) parts.push(`${c.plaintext} plaintext value(s)`);
-    if (c.malformed > 0) parts.push(`${c.malformed} malformed envelope(s)`);
+    if (c.plaintext > 0) parts.push(count(c.plaintext, 'plaintext value'));
+    if (c.malformed > 0) parts.push(count(c.malformed, 'malformed envelope'));
     if (parts.length) out.push(`${c.column}: ${parts.join(' and ')}`);
   }
   return out;
@@ -92,7 +93,7 @@ export function nonEnvelopeProblems(censuses: ColumnCensus[]): string[] {
  * envelope (rotate): exit 5 naming the columns and counts, before anything is changed.
  */
 export function nonEnvelopeError(problems: string[], what: string, opts: { reported?: boolean } = {}): IntegrityError {
-  return new IntegrityError(`${what}: encrypted column(s) hold values that are not envelopes: ${problems.join('; ')}; nothing was changed`, undefined, {
+  return new IntegrityError(`${what}: ${problems.length === 1 ? 'an encrypted column holds' : 'encrypted columns hold'} values that are not envelopes: ${problems.join('; ')}; nothing was changed`, undefined, {
     reported: opts.reported,
     hint: 'list them with `alation-keys verify COLUMN`; encrypt stray plaintext with `alation-keys encrypt COLUMN`; restore malformed values from a backup (or set them NULL)',
   });
@@ -105,7 +106,7 @@ export function nonEnvelopeError(problems: string[], what: string, opts: { repor
 export function convertingColumns(censuses: ColumnCensus[]): string[] {
   return censuses
     .filter((c) => c.state === 'encrypting' || c.state === 'decrypting')
-    .map((c) => `${c.column} is ${c.state} (${c.state === 'encrypting' ? `${c.plaintext} plaintext value(s) left` : `${c.envelopes} envelope(s) left`})`);
+    .map((c) => `${c.column} is ${c.state} (${c.state === 'encrypting' ? `${count(c.plaintext, 'plaintext value')} left` : `${count(c.envelopes, 'envelope')} left`})`);
 }
 
 export function convertingError(lines: string[], what: string): PreconditionError {

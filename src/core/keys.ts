@@ -19,6 +19,7 @@ import { dataKeyState, DekState, liveKekIds, markDataKeyDestroyed, readKeyring, 
 import { readSettings } from './settings';
 import { noPause, TestPause } from './test-hooks';
 import { versionExpr } from './value-sql';
+import { count, verb } from '../plural';
 
 export const DEFAULT_BACKUP_RETENTION_MS = 30 * 86_400_000;
 
@@ -99,7 +100,7 @@ function refuseIfUsed(version: number, used: Array<{ column: string; values: num
   if (used.length === 0) return;
   const total = used.reduce((s, u) => s + u.values, 0);
   throw new PreconditionError(
-    `${total} value(s) still use data key v${version}: ${used.map((u) => `${u.column} ${u.values}`).join(', ')}`,
+    `${count(total, 'value')} still ${verb(total, 'uses', 'use')} data key v${version}: ${used.map((u) => `${u.column} ${u.values}`).join(', ')}`,
     {
       hint: used.some((u) => u.column.endsWith('(removed)'))
         ? 're-add the removed column (`alation-keys columns add`) and run `alation-keys rotate` to re-encrypt its values, or clear them; then destroy it'
@@ -111,7 +112,7 @@ function refuseIfUsed(version: number, used: Array<{ column: string; values: num
 function refuseIfRetainedBackupNeeds(version: number, retained: BackupHoldingKey[], opts: DestroyOptions): void {
   if (retained.length === 0 || opts.force) return;
   throw new PreconditionError(
-    `${retained.length} recorded backup(s) younger than the retention need data key v${version}: ${retained
+    `${count(retained.length, 'recorded backup')} younger than the retention ${verb(retained.length, 'needs', 'need')} data key v${version}: ${retained
       .map((b) => `job ${b.jobId} (${b.finishedAt ?? '?'}${b.path ? `, ${b.path}` : ''})`)
       .join(', ')}`,
     { hint: 'destroying it makes them unrestorable: wait until they are older than --backup-retention, or pass --force' },

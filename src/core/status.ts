@@ -9,6 +9,7 @@ import { formatColumnName } from './identifiers';
 import { JobRecord, lastSucceededJob, listJobs, markOrphanedJobs } from './jobs';
 import { KeyringRow, readKeyring } from './keyring';
 import { readSettings, Settings } from './settings';
+import { count, verb } from '../plural';
 
 export interface ColumnVersionCounts {
   column: string;
@@ -106,17 +107,17 @@ export async function collectStatus(
   const known = new Map(keyring.map((k) => [String(k.version), k.state]));
   for (const c of counts) {
     if (c.problem) attention.push(c.problem);
-    if (c.malformed > 0) attention.push(`${c.column}: ${c.malformed} value(s) look like envelopes but are malformed; run \`alation-keys verify ${c.column}\``);
+    if (c.malformed > 0) attention.push(`${c.column}: ${count(c.malformed, 'value')} ${verb(c.malformed, 'looks like an envelope but is', 'look like envelopes but are')} malformed; run \`alation-keys verify ${c.column}\``);
     if (c.plaintext > 0 && c.state === 'encrypted') {
-      attention.push(`${c.column}: ${c.plaintext} plaintext value(s) in an encrypted column; run \`alation-keys verify ${c.column}\`, then \`alation-keys encrypt ${c.column}\``);
+      attention.push(`${c.column}: ${count(c.plaintext, 'plaintext value')} in an encrypted column; run \`alation-keys verify ${c.column}\`, then \`alation-keys encrypt ${c.column}\``);
     }
-    if (c.state === 'encrypting') attention.push(`${c.column} is encrypting: ${c.plaintext} plaintext value(s) left; run \`alation-keys encrypt ${c.column}\``);
-    if (c.state === 'decrypting') attention.push(`${c.column} is decrypting: ${Object.values(c.versions).reduce((a, n) => a + n, c.malformed)} envelope(s) left; run \`alation-keys decrypt ${c.column}\` to finish`);
+    if (c.state === 'encrypting') attention.push(`${c.column} is encrypting: ${count(c.plaintext, 'plaintext value')} left; run \`alation-keys encrypt ${c.column}\``);
+    if (c.state === 'decrypting') attention.push(`${c.column} is decrypting: ${count(Object.values(c.versions).reduce((a, n) => a + n, c.malformed), 'envelope')} left; run \`alation-keys decrypt ${c.column}\` to finish`);
     for (const [v, n] of Object.entries(c.versions)) {
       const state = known.get(v);
-      if (!state) attention.push(`${c.column}: ${n} value(s) use data key v${v}, which the keyring does not have`);
-      else if (state === 'destroyed') attention.push(`${c.column}: ${n} value(s) use destroyed data key v${v}`);
-      else if (state === 'retired') attention.push(`${c.column}: ${n} value(s) use retired data key v${v}; run \`alation-keys rotate\``);
+      if (!state) attention.push(`${c.column}: ${count(n, 'value')} ${verb(n, 'uses', 'use')} data key v${v}, which the keyring does not have`);
+      else if (state === 'destroyed') attention.push(`${c.column}: ${count(n, 'value')} ${verb(n, 'uses', 'use')} destroyed data key v${v}`);
+      else if (state === 'retired') attention.push(`${c.column}: ${count(n, 'value')} ${verb(n, 'uses', 'use')} retired data key v${v}; run \`alation-keys rotate\``);
     }
   }
 

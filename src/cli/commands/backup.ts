@@ -6,6 +6,7 @@ import { IntegrityError, UsageError } from '../../errors';
 import { CommandContext, Runner } from '../context';
 import { IOStreams } from '../io';
 import { formatAge, formatTime, renderTable } from '../render';
+import { count, noun, verb } from '../../plural';
 
 function elapsed(ms: number): string {
   const s = Math.floor(ms / 1000);
@@ -79,15 +80,21 @@ async function backupAction(ctx: CommandContext, opts: { out?: string; jobs?: st
       `manifest ${result.manifestFile}`,
       `size     ${formatBytes(result.bytes)} (${m.dump_format} format), sha256 ${result.sha256}`,
       `job      ${result.jobId}`,
-      `keys     a restore needs data key(s) ${m.keys.needed_versions.map((v) => `v${v}`).join(', ') || 'none'}${primary}, wrapped by ${m.keys.kek_provider} KEK ${m.keys.kek_ids.join(', ') || '-'}`,
+      `keys     a restore needs ${noun(m.keys.needed_versions.length, 'data key')} ${m.keys.needed_versions.map((v) => `v${v}`).join(', ') || 'none'}${primary}, wrapped by ${m.keys.kek_provider} KEK ${m.keys.kek_ids.join(', ') || '-'}`,
     ].join('\n'),
   );
+}
+
+/** What today's keyring says of a key the backup needs; offline the keyring is not read (the detail says so). */
+function keyStateNow(r: VerifyReport, k: VerifyReport['keys'][number]): string {
+  if (r.offline) return '';
+  return k.stateNow ? ` (${k.stateNow} in today's keyring)` : " (not in today's keyring)";
 }
 
 export function renderVerify(io: IOStreams, r: VerifyReport): string {
   const out = [`backup ${r.file}${r.jobId ? ` (job ${r.jobId})` : ''}`];
   for (const c of r.checks) out.push(`  ${c.ok ? io.ok('ok  ') : io.bad('FAIL')} ${c.check.padEnd(8)} ${c.detail}`);
-  for (const k of r.keys) out.push(`       v${k.version} (${k.kekProvider} ${k.kekId}, now ${k.stateNow ?? 'absent'}): ${k.ok ? 'ok' : io.bad(k.detail)}`);
+  for (const k of r.keys) out.push(`       v${k.version}${keyStateNow(r, k)}: ${k.ok ? k.detail : io.bad(k.detail)}`);
   if (r.offline) out.push('offline: not checked whether a key the backup needs was destroyed since (run without --offline against the database for that)');
   out.push(r.ok ? io.ok('the backup is intact and can be restored with today\'s keys') : io.bad('the backup FAILED verification'));
   return out.join('\n');
@@ -135,7 +142,7 @@ export function register(program: Command, run: Runner): void {
         ),
       );
       const missing = backups.filter((b) => b.onDisk === 'missing' || b.onDisk === 'manifest-missing');
-      if (missing.length) ctx.io.warn(`${missing.length} recorded backup(s) are not on this host's disk: ${missing.map((b) => `job ${b.jobId}`).join(', ')}`);
+      if (missing.length) ctx.io.warn(`${count(missing.length, 'recorded backup')} ${verb(missing.length, 'is', 'are')} not on this host's disk: ${missing.map((b) => `job ${b.jobId}`).join(', ')}`);
     }),
   );
 
@@ -170,7 +177,7 @@ export function register(program: Command, run: Runner): void {
           ? "it could not be restored with today's keys"
           : failed.includes('checksum')
             ? 'its checksum does not match the manifest (the file is damaged or was changed)'
-            : `failed check(s): ${failed.join(', ')}`;
+            : `failed ${noun(failed.length, 'check')}: ${failed.join(', ')}`;
         throw new IntegrityError(`backup ${report.file} failed verification: ${why}`, undefined, { reported: true });
       }
     }),

@@ -20,6 +20,7 @@ import { requireInitialised } from '../../db/migrations';
 import { CommandContext } from '../context';
 import { placeholderWarning, renderCheck, renderPolicy } from './byok-render';
 import { runWizard } from './byok-wizard';
+import { count } from '../../plural';
 
 function flagsOf(opts: Record<string, any>): ByokFlags {
   return { region: opts.region, keyArn: opts.keyArn, roleArn: opts.roleArn, serviceRegion: opts.serviceRegion };
@@ -43,7 +44,7 @@ function failTest(report: ByokTestReport): never {
   const failed = report.checks.filter((c) => c.status === 'fail');
   const what = failed.map((c) => c.title).join('; ');
   if (report.badInput) throw new UsageError(`the BYOK input is inconsistent: ${failed[0]?.detail ?? what}`, { reported: true });
-  throw new ProviderError(`${failed.length} BYOK check(s) failed: ${what}`, {
+  throw new ProviderError(`${count(failed.length, 'BYOK check')} failed: ${what}`, {
     hint: failed[0]?.fix ?? 'fix what the failed checks say, then run it again',
     reported: true,
   });
@@ -67,7 +68,7 @@ async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace
   }
   ctx.io.print('');
   ctx.io.print(`${plan.replace ? 'Moving' : 'Onboarding'} installation ${plan.installationId} to AWS KMS key ${target.key.arn}:`);
-  ctx.io.print(`  ${plan.dataKeys} data key(s) will be re-wrapped with KMS Encrypt in one transaction (all or nothing).`);
+  ctx.io.print(`  ${count(plan.dataKeys, 'data key')} will be re-wrapped with KMS Encrypt in one transaction (all or nothing).`);
   ctx.io.print(ctx.io.paint('1', 'This is irreversible:'));
   for (const s of plan.irreversible) ctx.io.print(`  - ${s}`);
   await ctx.io.confirm(`Onboard key ${target.key.keyId}?`, { typeToConfirm: target.key.keyId });
@@ -79,7 +80,7 @@ async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace
     progress.fail(`onboarding failed; keyring and settings are unchanged`);
     throw err;
   }
-  progress.succeed(`re-wrapped ${result.rewrapped} data key(s) under ${result.keyArn}`);
+  progress.succeed(`re-wrapped ${count(result.rewrapped, 'data key')} under ${result.keyArn}`);
   if (ctx.globals.json) return ctx.io.printJson({ ok: true, onboarded: true, changed: true, test: report, result });
   ctx.io.print(`BYOK ${plan.replace ? 'moved to' : 'enabled with'} ${result.keyArn} (job ${result.jobId}); new data keys come from KMS GenerateDataKey.`);
   ctx.io.print('Check it any time with `alation-keys status`.');

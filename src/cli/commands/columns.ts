@@ -7,6 +7,7 @@ import { PreconditionError, UsageError } from '../../errors';
 import { Runner } from '../context';
 import { formatTime, renderTable } from '../render';
 import { renderColumnCensus } from './status';
+import { count, noun } from '../../plural';
 
 export function register(program: Command, run: Runner): void {
   const columns = program.command('columns').description('manage the registry of encrypted columns');
@@ -53,7 +54,7 @@ export function register(program: Command, run: Runner): void {
       ctx.io.print(`registered ${display} (${column.storage}, walked by ${column.key_columns.join(', ')}, context "${column.context}"): ${column.state}`);
       if (next) {
         ctx.io.print(
-          `it holds ${plaintext} plaintext value(s): the library now writes envelopes and still reads the plaintext; encrypt it in place with \`${next}\``,
+          `it holds ${count(plaintext, 'plaintext value')}: the library now writes envelopes and still reads the plaintext; encrypt it in place with \`${next}\``,
         );
       }
     }),
@@ -74,12 +75,12 @@ export function register(program: Command, run: Runner): void {
       if (problem && !problem.gone && !opts.force) throw problem.error;
       const n = problem ? 0 : await countEncryptedValues(ctx.pool, col);
       if (n > 0 && !opts.force) {
-        throw new PreconditionError(`${formatColumnName(col)} still holds ${n} encrypted value(s); unregistered, they would no longer be rotated`, {
+        throw new PreconditionError(`${formatColumnName(col)} still holds ${count(n, 'encrypted value')}; unregistered, ${noun(n, 'it', 'they')} would no longer be rotated`, {
           hint: 'decrypt or clear the values first, or pass --force to unregister anyway (`keys destroy` still counts them)',
         });
       }
       if (n > 0) {
-        ctx.io.warn(`${formatColumnName(col)} holds ${n} encrypted value(s); once removed they are no longer rotated`);
+        ctx.io.warn(`${formatColumnName(col)} holds ${count(n, 'encrypted value')}; once removed ${noun(n, 'it is', 'they are')} no longer rotated`);
         await ctx.io.confirm(`Unregister ${formatColumnName(col)}?`);
       }
       const removed = await removeColumn(ctx.pool, name);

@@ -6,6 +6,7 @@ import { testPauseFromEnv } from '../../core/test-hooks';
 import { requireInitialised } from '../../db/migrations';
 import { Runner } from '../context';
 import { formatAge, formatTime, renderTable } from '../render';
+import { count, noun, verb } from '../../plural';
 
 export function register(program: Command, run: Runner): void {
   const keys = program.command('keys').description('data keys (DEKs) and their states');
@@ -56,7 +57,7 @@ export function register(program: Command, run: Runner): void {
         return ctx.io.print(`data key v${version} was already destroyed${plan.destroyedAt ? ` on ${formatTime(plan.destroyedAt)}` : ''}; nothing to do`);
       }
       if (plan.retainedNeeding.length) {
-        ctx.io.warn(`--force: ${plan.retainedNeeding.length} backup(s) within the retention need data key v${version}; values in them that use it can never be decrypted again`);
+        ctx.io.warn(`--force: ${count(plan.retainedNeeding.length, 'backup')} within the retention ${verb(plan.retainedNeeding.length, 'needs', 'need')} data key v${version}; values in them that use it can never be decrypted again`);
       }
       if (plan.backupsHolding.length) {
         ctx.io.warn(`still holding data key v${version} after this (wrapped), until the dump is deleted and \`alation-keys keys prune-master-keys\` removes its master key:`);
@@ -68,7 +69,7 @@ export function register(program: Command, run: Runner): void {
       }
       await ctx.io.confirm(
         `Destroy data key v${version}? Its key material is deleted from the keyring` +
-          (plan.backupsHolding.length ? `; ${plan.backupsHolding.length} backup dump(s) listed above still hold it wrapped.` : '; no recorded backup holds it.'),
+          (plan.backupsHolding.length ? `; ${count(plan.backupsHolding.length, 'backup dump')} listed above still ${verb(plan.backupsHolding.length, 'holds', 'hold')} it wrapped.` : '; no recorded backup holds it.'),
         { typeToConfirm: `v${version}` },
       );
       const result = await destroyDataKey(ctx.pool, version, opts);
@@ -105,16 +106,16 @@ export function register(program: Command, run: Runner): void {
       const plan = await planPruneMasterKeys(ctx.pool, opts);
       if (!flags.dryRun && plan.removable.length) {
         if (plan.foreign.length) {
-          ctx.io.warn(`kept ${plan.foreign.length} master key(s) this database never used (${plan.foreign.join(', ')}): another database may share ${plan.masterKeyFile}`);
+          ctx.io.warn(`kept ${count(plan.foreign.length, 'master key')} this database never used (${plan.foreign.join(', ')}): another database may share ${plan.masterKeyFile}`);
         }
-        await ctx.io.confirm(`Remove master key(s) ${plan.removable.join(', ')} from ${plan.masterKeyFile}? Dumps that need them can no longer be restored.`);
+        await ctx.io.confirm(`Remove ${noun(plan.removable.length, 'master key')} ${plan.removable.join(', ')} from ${plan.masterKeyFile}? Dumps that need them can no longer be restored.`);
       }
       const result = flags.dryRun ? { ...plan, removed: [] as string[], jobId: null } : await pruneMasterKeys(ctx.pool, opts);
       if (ctx.globals.json) return ctx.io.printJson({ dryRun: !!flags.dryRun, ...result });
       if (flags.dryRun) {
         return ctx.io.print(plan.removable.length ? `would remove ${plan.removable.join(', ')} from ${plan.masterKeyFile}` : 'no master key to remove');
       }
-      ctx.io.print(result.removed.length ? `removed master key(s) ${result.removed.join(', ')} from ${plan.masterKeyFile} (job ${result.jobId})` : 'no master key to remove');
+      ctx.io.print(result.removed.length ? `removed ${noun(result.removed.length, 'master key')} ${result.removed.join(', ')} from ${plan.masterKeyFile} (job ${result.jobId})` : 'no master key to remove');
     }),
   );
 }

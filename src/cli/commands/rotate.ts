@@ -11,6 +11,7 @@ import { Runner } from '../context';
 import { IOStreams } from '../io';
 import { ProgressDisplay } from '../progress';
 import { formatCount, renderTable } from '../render';
+import { count } from '../../plural';
 
 export function register(program: Command, run: Runner): void {
   const cmd = program
@@ -131,7 +132,7 @@ function renderSummary(io: IOStreams, s: RotateSummary): string {
   }
   const thisRun = s.resumed ? ` (this run: ${formatCount(s.rowsThisRun)} values, ${(s.bytesThisRun / MB).toFixed(1)} MB)` : '';
   out.push(
-    `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB${thisRun} in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${s.passes} pass(es), ${s.vacuums} vacuum(s)`,
+    `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB${thisRun} in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${count(s.passes, 'pass', 'passes')}, ${count(s.vacuums, 'vacuum')}`,
   );
   if (s.undecryptable.length) {
     const shown = s.undecryptable.slice(0, UNDECRYPTABLE_SHOWN);

@@ -8,6 +8,7 @@ import { renderPrometheus } from '../prometheus';
 import { IOStreams } from '../io';
 import { CommandContext, Runner } from '../context';
 import { formatCount, formatTime, renderJobsTable, renderTable } from '../render';
+import { count, verb } from '../../plural';
 
 export function register(program: Command, run: Runner): void {
   const cmd = program
@@ -34,7 +35,7 @@ export function register(program: Command, run: Runner): void {
       if (ctx.globals.json) ctx.io.printJson(report);
       else ctx.io.print(renderStatus(ctx.io, report));
       if (opts.check && report.attention.length > 0) {
-        throw new PreconditionError(`${report.attention.length} thing(s) need attention`, { reported: true });
+        throw new PreconditionError(`${count(report.attention.length, 'thing')} ${verb(report.attention.length, 'needs', 'need')} attention`, { reported: true });
       }
     }),
   );
@@ -56,7 +57,7 @@ async function prometheusStatus(
     ctx.io.print(text);
   }
   const attention = families.find((f) => f.name === 'alation_keys_attention_items')?.samples[0]?.value ?? 0;
-  if (opts.check && attention > 0) throw new PreconditionError(`${attention} thing(s) need attention`, { reported: true });
+  if (opts.check && attention > 0) throw new PreconditionError(`${count(attention, 'thing')} ${verb(attention, 'needs', 'need')} attention`, { reported: true });
 }
 
 export function renderStatus(io: IOStreams, r: StatusReport): string {

@@ -9,6 +9,7 @@ import { Runner } from '../context';
 import { IOStreams } from '../io';
 import { ProgressDisplay } from '../progress';
 import { formatCount, renderTable } from '../render';
+import { count, verb } from '../../plural';
 
 /** Failures shown on a terminal; --json has all of them. */
 const FAILURES_SHOWN = 20;
@@ -37,9 +38,9 @@ export function register(program: Command, run: Runner): void {
         else ctx.io.print(renderReport(ctx.io, report));
         if (!report.ok) {
           const parts = [];
-          if (report.failed > 0) parts.push(`${formatCount(report.failed)} value(s) do not decrypt`);
+          if (report.failed > 0) parts.push(`${count(report.failed, 'value', 'values', formatCount)} ${verb(report.failed, 'does', 'do')} not decrypt`);
           const found = report.unregistered?.found ?? [];
-          if (found.length > 0) parts.push(`${found.length} unregistered column(s) hold envelopes`);
+          if (found.length > 0) parts.push(`${count(found.length, 'unregistered column')} ${verb(found.length, 'holds', 'hold')} envelopes`);
           throw new IntegrityError(`verify job ${report.jobId}: ${parts.join(' and ')}`, undefined, {
             reported: true,
             hint: 'README "Values that do not decrypt" says what to do with each kind',
@@ -63,9 +64,9 @@ function describeKey(key: Record<string, string>): string {
 
 function renderReport(io: IOStreams, r: VerifyReport): string {
   const out: string[] = [];
-  const rate = `${r.durationSeconds}s, ${formatCount(r.valuesPerSecond)} values/s, ${r.megabytesPerSecond} MB/s, ${r.threads} reader thread(s)`;
+  const rate = `${r.durationSeconds}s, ${formatCount(r.valuesPerSecond)} values/s, ${r.megabytesPerSecond} MB/s, ${count(r.threads, 'reader thread')}`;
   const plaintext = r.plaintext ? `, ${formatCount(r.plaintext)} plaintext where the column's state allows it` : '';
-  const head = `verify job ${r.jobId}: ${formatCount(r.values)} value(s) read, ${formatCount(r.verified)} verified${plaintext}, ${formatCount(r.failed)} failed (${rate})`;
+  const head = `verify job ${r.jobId}: ${count(r.values, 'value', 'values', formatCount)} read, ${formatCount(r.verified)} verified${plaintext}, ${formatCount(r.failed)} failed (${rate})`;
   out.push(r.failed ? io.bad(head) : io.ok(head));
   const rows: Array<Array<string | number>> = [];
   for (const c of r.columns) {
@@ -86,7 +87,7 @@ function renderReport(io: IOStreams, r: VerifyReport): string {
     out.push(`unregistered text/bytea columns: ${formatCount(u.columnsScanned)} looked at, at most ${formatCount(u.bound)} values each (--scan-limit)`);
     for (const f of u.found) {
       const versions = Object.entries(f.versions).map(([v, n]) => `v${v}: ${formatCount(n)}`).join(', ');
-      out.push(io.bad(`  ${f.column}${f.removed ? ' (removed from the registry)' : ''}: ${formatCount(f.envelopes)} envelope(s) among ${formatCount(f.scanned)} values looked at (${versions}), e.g. ${f.sample.join('; ')}`));
+      out.push(io.bad(`  ${f.column}${f.removed ? ' (removed from the registry)' : ''}: ${count(f.envelopes, 'envelope', 'envelopes', formatCount)} among ${formatCount(f.scanned)} values looked at (${versions}), e.g. ${f.sample.join('; ')}`));
     }
     for (const x of u.unreadable) out.push(`  not looked at: ${x.column}: the role lacks ${x.missing} (${x.grant})`);
     if (u.found.length === 0) out.push('  no envelopes found');

@@ -8,6 +8,7 @@ import { EncryptedColumn, requireColumnType } from '../columns';
 import { formatColumnName } from '../identifiers';
 import { headerLiteralSql, storedPrefixLength as envelopePrefixLength, versionOfHeader } from '../../crypto/envelope-sql';
 import { headerExpr } from '../value-sql';
+import { noun } from '../../plural';
 
 export interface ColumnPlan {
   col: EncryptedColumn;
@@ -40,7 +41,7 @@ export async function planColumn(db: Queryable, col: EncryptedColumn, index: num
   const name = formatColumnName(col);
   const missing = col.key_columns.filter((k) => !types.has(k));
   if (missing.length) {
-    throw new PreconditionError(`key column(s) ${missing.join(', ')} of ${name} no longer exist`, {
+    throw new PreconditionError(`key ${noun(missing.length, 'column')} ${missing.join(', ')} of ${name} no longer ${noun(missing.length, 'exists', 'exist')}`, {
       hint: 'remove and re-add the column with `alation-keys columns remove/add` so its walk key is found again',
     });
   }

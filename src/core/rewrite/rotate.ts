@@ -37,6 +37,7 @@ import { checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, describeHeadroom
 import { RateLimiter } from './throttle';
 import { countPendingExceptRecorded, stillPending, UndecryptableReason } from './undecryptable';
 import { tablesWithoutVacuumRight, Vacuumer } from './vacuum';
+import { count, verb } from '../../plural';
 
 export type { ColumnProgress, RewriteEvents as RotateEvents } from './engine';
 export type { RotatePlan } from './dry-run';
@@ -189,10 +190,10 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
     if (problems.length > 0) events.warn?.(`--skip-undecryptable: values that are not envelopes are left untouched: ${problems.join('; ')}`);
     resumable = await findResumable(pool, primary);
     if (resumable) {
-      events.info?.(`resuming job ${resumable.id} (v${resumable.from_version ?? '?'}→v${resumable.to_version}) from its checkpoints (it was ${resumable.state}${resumable.error ? `: ${resumable.error}` : ''})`);
+      events.info?.(`resuming job ${resumable.id} (v${resumable.from_version ?? '?'}→v${resumable.to_version}) from its checkpoints (${whyStopped(resumable)})`);
     }
     const { provider, deks } = await openProvider(pool, opts.providerOptions ?? {}, rows);
-    events.info?.(`key provider ${provider.kind} reachable; ${deks.size} data key(s) unwrapped`);
+    events.info?.(`key provider ${provider.kind} reachable; ${count(deks.size, 'data key')} unwrapped`);
     const headroom = await checkHeadroom(pool, opts, events);
     if (headroom.freeBytes !== null) events.info?.(`disk headroom ok: ${describeHeadroom(headroom)}`);
     throwIfStopped(opts.signal, 'during preflight');
@@ -296,7 +297,7 @@ async function createKeyAndJob(
   });
   events.info?.(
     `job ${result.job.id}: data key v${result.job.to_version} is now primary (v${result.job.from_version ?? '-'} active)` +
-      (newMasterKeyId ? `; new master key ${newMasterKeyId}, ${result.rewrapped} data key(s) re-wrapped under it` : ''),
+      (newMasterKeyId ? `; new master key ${newMasterKeyId}, ${count(result.rewrapped, 'data key')} re-wrapped under it` : ''),
   );
   return { job: result.job, dek: result.dek, kekId: target.currentKekId() };
 }
@@ -469,9 +470,9 @@ export function undecryptableMessage(left: UndecryptableValueReport[]): string {
 function rotationWording(jobId: number, toVersion: number): Convergence['wording'] {
   return {
     settling: (s) => `every value is under v${toVersion}; waiting ${s}s for application instances to load it before the last count`,
-    nextPass: (n, total, perColumn) => `pass ${n}: ${total} value(s) still under older keys (${perColumn}), written by instances that had not loaded v${toVersion} yet`,
+    nextPass: (n, total, perColumn) => `pass ${n}: ${count(total, 'value')} still under older keys (${perColumn}), written by instances that had not loaded v${toVersion} yet`,
     stuck: (total, rounds) =>
-      new OperationError(`${total} value(s) are still being written under older data keys after ${rounds} extra passes; job ${jobId} stays resumable`, {
+      new OperationError(`${count(total, 'value')} ${verb(total, 'is', 'are')} still being written under older data keys after ${count(rounds, 'extra pass', 'extra passes')}; job ${jobId} stays resumable`, {
         hint: `restart application instances that still encrypt with an old key (they should load v${toVersion} within 30 s), then run \`alation-keys rotate\` again`,
       }),
   };
@@ -526,6 +527,12 @@ function summarise(
     backup: r.backup,
     recommendation: 'take a backup now (`alation-keys backup`): backups made before this rotation need the old keys, which stay in the keyring as retired',
   };
+}
+
+/** `it was interrupted: job 4 checkpointed…`, without saying the state twice (the error of an interrupted job starts with it). */
+function whyStopped(job: JobRecord): string {
+  const error = job.error?.replace(new RegExp(`^${job.state}:\\s*`), '');
+  return `it was ${job.state}${error ? `: ${error}` : ''}`;
 }
 
 function interrupted(jobId: number): InterruptedError {

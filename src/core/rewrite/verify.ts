@@ -26,6 +26,7 @@ import { openProvider, planColumns } from './preflight';
 import { chunksFromReader } from './reader-thread';
 import { UndecryptableReason, UndecryptableRow } from './undecryptable';
 import { PLAINTEXT_TALLY, VerifyTransform } from './verify-transform';
+import { count as countOf } from '../../plural';
 
 /** Values read per chunk the reader thread posts (the unit of progress and of interruption). */
 const VERIFY_ROWS_PER_CHUNK = 2000;
@@ -251,7 +252,7 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
     for (const p of plans) total += (await countValues(pool, p)).values;
     const job = await createJob(pool, { kind: 'verify', rowsTotal: total, actor: opts.actor, detail: { columns: {} } });
     try {
-      events.info?.(`job ${job.id}: verifying ${plans.length} column(s), ${total.toLocaleString('en-US')} value(s), ${Math.min(workers, Math.max(plans.length, 1))} reader thread(s)`);
+      events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(Math.min(workers, Math.max(plans.length, 1)), 'reader thread')}`);
       const { columns, failures } = await verifyColumns(pool, plans, keys, workers, stop, events, job.id);
       if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped before it read every value`, { hint: 'run `alation-keys verify` again' });
       const scanBound = opts.scanBound ?? DEFAULT_SCAN_BOUND;
@@ -276,7 +277,7 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
       };
       const found = unregistered?.found.map((f) => `${f.column}: ${f.envelopes}`) ?? [];
       const problems = [
-        ...(s.failed > 0 ? [`${s.failed} value(s) failed to decrypt (${Object.entries(s.failedByReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`] : []),
+        ...(s.failed > 0 ? [`${countOf(s.failed, 'value')} failed to decrypt (${Object.entries(s.failedByReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`] : []),
         ...(found.length > 0 ? [`envelopes in unregistered columns (${found.join(', ')})`] : []),
       ];
       await finishJob(pool, job.id, report.ok ? 'succeeded' : 'failed', problems.length ? problems.join('; ') : undefined, {
