@@ -37,7 +37,7 @@ import { checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, describeHeadroom
 import { RateLimiter } from './throttle';
 import { countPendingExceptRecorded, stillPending, UndecryptableReason } from './undecryptable';
 import { tablesWithoutVacuumRight, Vacuumer } from './vacuum';
-import { count, verb } from '../../plural';
+import { count, noun, verb } from '../../plural';
 
 export type { ColumnProgress, RewriteEvents as RotateEvents } from './engine';
 export type { RotatePlan } from './dry-run';
@@ -460,8 +460,8 @@ async function undecryptableLeft(pool: Pool, plans: ColumnPlan[], states: Readon
 export function undecryptableMessage(left: UndecryptableValueReport[]): string {
   const keys = [...new Set(left.map((x) => x.version).filter((v): v is number => v !== null))].sort((a, b) => a - b);
   return (
-    `${left.length} value(s) do not decrypt and were left untouched (--skip-undecryptable)` +
-    (keys.length ? `; data key(s) ${keys.map((v) => `v${v}`).join(', ')} stay active for them` : '') +
+    `${count(left.length, 'value')} ${verb(left.length, 'does', 'do')} not decrypt and ${verb(left.length, 'was', 'were')} left untouched (--skip-undecryptable)` +
+    (keys.length ? `; ${noun(keys.length, 'data key')} ${keys.map((v) => `v${v}`).join(', ')} ${verb(keys.length, 'stays', 'stay')} active for ${noun(left.length, 'it', 'them')}` : '') +
     '; `alation-keys verify` lists them'
   );
 }
