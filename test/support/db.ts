@@ -19,14 +19,14 @@ export function serverUrl(): string {
   return url;
 }
 
-export function urlFor(database: string): string {
-  const u = new URL(serverUrl());
+export function urlFor(database: string, server = serverUrl()): string {
+  const u = new URL(server);
   u.pathname = '/' + database;
   return u.toString();
 }
 
-async function adminQuery(sql: string): Promise<void> {
-  const u = new URL(serverUrl());
+async function adminQuery(sql: string, server = serverUrl()): Promise<void> {
+  const u = new URL(server);
   u.pathname = '/postgres';
   const c = new Client({ connectionString: u.toString() });
   await c.connect();
@@ -37,10 +37,11 @@ async function adminQuery(sql: string): Promise<void> {
   }
 }
 
-export async function createTestDatabase(label = 'test'): Promise<TestDatabase> {
+/** A fresh database on the test server (or on `server`, an admin URL of another one). */
+export async function createTestDatabase(label = 'test', server = serverUrl()): Promise<TestDatabase> {
   const name = `ak_${label.replace(/[^a-z0-9]+/gi, '_').toLowerCase().slice(0, 30)}_${randomBytes(4).toString('hex')}`;
-  await adminQuery(`CREATE DATABASE ${name}`);
-  const url = urlFor(name);
+  await adminQuery(`CREATE DATABASE ${name}`, server);
+  const url = urlFor(name, server);
   const pool = new Pool({ connectionString: url, max: 4 });
   pool.on('error', () => undefined);
   return {
@@ -50,7 +51,7 @@ export async function createTestDatabase(label = 'test'): Promise<TestDatabase> 
     query: pool.query.bind(pool) as Pool['query'],
     async drop() {
       await pool.end();
-      await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await adminQuery(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`, server);
     },
   };
 }

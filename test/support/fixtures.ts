@@ -25,9 +25,16 @@ export function tempDir(label: string): string {
 
 export async function createInstallation(
   label: string,
-  opts: { values?: number; seed?: string; /** Another installation's (shared) master key file. */ masterKeyFile?: string } = {},
+  opts: {
+    values?: number;
+    seed?: string;
+    /** Another installation's (shared) master key file. */
+    masterKeyFile?: string;
+    /** Admin URL of another server to create the database on (default: the test server). */
+    server?: string;
+  } = {},
 ): Promise<Installation> {
-  const db = await createTestDatabase(label);
+  const db = await createTestDatabase(label, opts.server);
   const dir = tempDir(label);
   const masterKeyFile = opts.masterKeyFile ?? path.join(dir, 'master.key');
   await initialise(db.pool, { masterKeyFile });

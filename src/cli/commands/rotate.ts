@@ -8,6 +8,7 @@ import { testPauseFromEnv } from '../../core/test-hooks';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rewrite/util';
 import { Runner } from '../context';
+import { addStandbyOptions, describeThrottled, parseStandbyOptions } from '../standby-options';
 import { IOStreams } from '../io';
 import { ProgressDisplay } from '../progress';
 import { formatCount, renderTable } from '../render';
@@ -31,6 +32,7 @@ export function register(program: Command, run: Runner): void {
     .option('--skip-disk-check', `rotate without the disk headroom check (free ≥ ${HEADROOM_RULE})`)
     .option('--skip-undecryptable', 'rewrite every value that decrypts; leave each that does not untouched and listed in the job (its data key stays active); exit 5')
     .option('--settle-time <duration>', 'wait at least this long after the new key is published before the final count (application instances re-read the keyring every 30 s)', '35s');
+  addStandbyOptions(cmd);
   cmd.action(
     run('rotate', cmd, async (ctx, _args, opts) => {
       const workers = parsePositiveInt(opts.workers, '--workers', 64);
@@ -39,6 +41,7 @@ export function register(program: Command, run: Runner): void {
       const maxBackupAgeMs = parseDuration(opts.maxBackupAge, '--max-backup-age');
       const ifOlderThanMs = opts.ifOlderThan !== undefined ? parseDuration(opts.ifOlderThan, '--if-older-than') : undefined;
       const settleMs = /^\s*0+\s*$/.test(String(opts.settleTime)) ? 0 : parseDuration(opts.settleTime, '--settle-time');
+      const standby = parseStandbyOptions(opts);
       const freeSpaceBytes = opts.freeSpace !== undefined ? parseByteSize(opts.freeSpace, '--free-space') : undefined;
       const signal = ctx.handleInterrupts();
       const pool = createPool({ databaseUrl: ctx.globals.databaseUrl, command: 'rotate', max: 2 * workers + 6 });
@@ -64,6 +67,7 @@ export function register(program: Command, run: Runner): void {
             serverIsLocal: ctx.serverIsLocal,
             settleMs,
             skipUndecryptable: !!opts.skipUndecryptable,
+            ...standby,
             providerOptions: ctx.providerOptions,
             actor: ctx.actor,
             env: ctx.env,
@@ -139,6 +143,8 @@ function renderSummary(io: IOStreams, s: RotateSummary): string {
     out.push(io.bad(`left untouched, they do not decrypt${s.undecryptable.length > shown.length ? ` (the first ${shown.length} of ${formatCount(s.undecryptable.length)}; --json and \`jobs show ${s.jobId}\` list all)` : ''}:`));
     for (const u of shown) out.push(`  ${u.column} at ${Object.entries(u.key).map(([k, v]) => `${k}=${v}`).join(', ')}: value ${describeReason(u.reason, u.version)}`);
   }
+  const waited = describeThrottled(s.throttled);
+  if (waited) out.push(waited);
   out.push(`recommended: ${s.recommendation}`);
   return out.join('\n');
 }

@@ -44,7 +44,7 @@ import { afterChunk, ColumnState, passDone, saveState } from './checkpoint';
 import { EncodedChunk } from './chunk-encoder';
 import { ColumnPlan, copyIntoStageSql, createStageSql, describeKey, stageStorageSql, updateFromStageSql } from './plan';
 import { chunksFromReader } from './reader-thread';
-import { RateLimiter } from './throttle';
+import { ChunkPacer } from './throttle';
 import { Transform } from './transform';
 import { sleep } from './util';
 import type { TestPause } from '../test-hooks';
@@ -80,7 +80,8 @@ export interface RewriteContext {
   chunkBytes: number;
   /** Aborted to stop after the current chunk (the operator's signal, or another column failed). */
   stopper: AbortController;
-  limiter: RateLimiter;
+  /** Waited on before each chunk: --max-rate, standby lag, WAL rate. */
+  limiter: ChunkPacer;
   vacuumer: Vacuumer;
   events: RewriteEvents;
   /** Leave values that do not decrypt untouched and record their rows (undecryptable.ts) instead of stopping. */

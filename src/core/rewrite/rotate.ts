@@ -34,7 +34,8 @@ import { dryRun, RotatePlan } from './dry-run';
 import { RewriteContext, rewriteColumns, RewriteEvents } from './engine';
 import { ColumnPlan, countValues, countVersions, notUnderSql, tableBytes, VersionCount } from './plan';
 import { checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, describeHeadroom, findResumable, openProvider, planColumns, throwIfStopped, censusColumns } from './preflight';
-import { RateLimiter } from './throttle';
+import { StandbyGate, StandbyGateOptions, ThrottledTime } from './standby-gate';
+import { allPacers, RateLimiter } from './throttle';
 import { countPendingExceptRecorded, stillPending, UndecryptableReason } from './undecryptable';
 import { tablesWithoutVacuumRight, Vacuumer } from './vacuum';
 import { count, noun, verb } from '../../plural';
@@ -48,7 +49,7 @@ export const DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024;
 /** The application re-reads the keyring every 30 s by default; wait that long before the last count. */
 export const DEFAULT_SETTLE_MS = 35_000;
 
-export interface RotateOptions extends JobActorOption {
+export interface RotateOptions extends JobActorOption, StandbyGateOptions {
   dryRun?: boolean;
   ifOlderThanMs?: number;
   workers?: number;
@@ -129,6 +130,8 @@ export interface RotateSummary {
   /** Values left untouched because they do not decrypt (--skip-undecryptable), still in place. */
   undecryptable: UndecryptableValueReport[];
   backup: { jobId: number; file: string } | null;
+  /** Time this run waited for standbys (--max-replica-lag) and for the WAL rate (--max-wal-rate). */
+  throttled: ThrottledTime;
   recommendation: string;
 }
 
@@ -196,6 +199,8 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
     events.info?.(`key provider ${provider.kind} reachable; ${count(deks.size, 'data key')} unwrapped`);
     const headroom = await checkHeadroom(pool, opts, events);
     if (headroom.freeBytes !== null) events.info?.(`disk headroom ok: ${describeHeadroom(headroom)}`);
+    // --max-replica-lag / --max-wal-rate: the role may see the standbys, and which are watched.
+    const gate = await StandbyGate.open(pool, opts, events);
     throwIfStopped(opts.signal, 'during preflight');
 
     let backup: { jobId: number; file: string } | null = null;
@@ -248,7 +253,7 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       kekId = created.kekId;
     }
     try {
-      return await runJob(pool, opts, events, { job, newDek, deks, destroyed: rows.filter((k) => k.state === 'destroyed').map((k) => k.version), plans, resumed, kekId, lock, backup });
+      return await runJob(pool, opts, events, { job, newDek, deks, destroyed: rows.filter((k) => k.state === 'destroyed').map((k) => k.version), plans, resumed, kekId, lock, backup, gate });
     } finally {
       // Key material is not left in memory longer than the job needs it.
       for (const k of deks.values()) k.fill(0);
@@ -313,6 +318,7 @@ interface JobRun {
   kekId: string;
   lock: HeldLock;
   backup: { jobId: number; file: string } | null;
+  gate: StandbyGate | undefined;
 }
 
 /** VACUUM a table after 10 % of it was rewritten (32 MB–1 GB), or --vacuum-every-bytes; warns about tables it may not VACUUM. */
@@ -356,6 +362,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   const rowsAtStart = sumOf(states.values(), 'rowsDone');
   const bytesAtStart = sumOf(states.values(), 'bytesDone');
   const vacuumer = await startVacuumer(pool, plans, opts, events);
+  const gate = r.gate;
   const ctx: RewriteContext = {
     pool,
     jobId: job.id,
@@ -364,7 +371,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     batchSize: Math.max(1, Math.min(opts.batchSize ?? DEFAULT_BATCH_SIZE, opts.maxRate ? Math.ceil(opts.maxRate) : Infinity)),
     chunkBytes: opts.chunkBytes ?? DEFAULT_CHUNK_BYTES,
     stopper,
-    limiter: new RateLimiter(opts.maxRate),
+    limiter: allPacers(new RateLimiter(opts.maxRate), gate),
     vacuumer,
     events,
     pause: opts.pause ?? noPause,
@@ -429,6 +436,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       passes,
       vacuums: vacuumer.vacuums,
       undecryptable,
+      throttled: gate?.throttled ?? { replicaLagMs: 0, walRateMs: 0 },
     });
     if (undecryptable.length === 0) await finishJob(pool, job.id, 'succeeded', undefined, { summary });
     else await finishJob(pool, job.id, 'failed', undecryptableMessage(undecryptable), { summary, undecryptable });
@@ -436,7 +444,7 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
   } catch (err) {
     const state = err instanceof InterruptedError ? 'interrupted' : 'failed';
     await vacuumer.idle().catch(() => undefined);
-    await finishJob(pool, job.id, state, (err as Error).message).catch(() => undefined);
+    await finishJob(pool, job.id, state, (err as Error).message, gate ? { throttled: gate.throttled } : undefined).catch(() => undefined);
     throw err;
   } finally {
     detach();
@@ -492,6 +500,7 @@ function summarise(
     passes: number;
     vacuums: number;
     undecryptable: UndecryptableValueReport[];
+    throttled: ThrottledTime;
   },
 ): RotateSummary {
   const durationSeconds = (Date.now() - run.started) / 1000;
@@ -525,6 +534,7 @@ function summarise(
     megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
     undecryptable: run.undecryptable,
     backup: r.backup,
+    throttled: run.throttled,
     recommendation: 'take a backup now (`alation-keys backup`): backups made before this rotation need the old keys, which stay in the keyring as retired',
   };
 }
