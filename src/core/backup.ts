@@ -19,7 +19,6 @@ import { resolveMasterKeyPath } from '../kms/master-key-file';
 import { databaseSize, formatBytes, freeBytesAt } from './headroom';
 import { createJob, describeLockHolder, JobActorOption, processActor, finishJob, markOrphanedJobs, pgDumpApplicationName, recordBytesDone, failJobIfRunning } from './jobs';
 import { DekState, KeyringRow, readKeyring } from './keyring';
-import { testFreeBytesOverride } from './test-hooks';
 import { findPgTool, FoundPgTool, pgToolEnv } from './pg-tools';
 import { requireDumpPrivileges } from '../db/privileges';
 import { readSettings } from './settings';
@@ -48,6 +47,8 @@ export interface BackupOptions extends JobActorOption {
   onProgress?: (p: { bytes: number; elapsedMs: number }) => void;
   /** The environment pg_dump runs with (PATH, libpq's PG* variables): the caller's. */
   env: NodeJS.ProcessEnv;
+  /** TEST ONLY: the free space to see instead of the backup directory's (test-hooks.ts). */
+  testFreeBytes?: number;
 }
 
 export interface ManifestKey {
@@ -416,7 +417,7 @@ export async function takeBackup(pool: Pool, opts: BackupOptions): Promise<Backu
     // We hold the lock: running jobs are leftovers of killed processes.
     if (lock) await markOrphanedJobs(pool, { holdingLock: true });
     const databaseBytes = await databaseSize(pool);
-    checkBackupSpace(dir, databaseBytes, testFreeBytesOverride() ?? freeBytesAt(dir));
+    checkBackupSpace(dir, databaseBytes, opts.testFreeBytes ?? freeBytesAt(dir));
     const removedPartials = removeStalePartials(dir);
     if (opts.signal?.aborted) throw new InterruptedError('interrupted before the backup started; nothing was written');
     return await dumpWithSnapshot(pool, opts, { dir, database, serverNum, serverVersion, tool, dumpFormat, removedPartials });

@@ -70,7 +70,7 @@ export function testPauseFromEnv(env: NodeJS.ProcessEnv): TestPause {
  * - ALATION_KEYS_TEST_MASTER_KEY_REWRITE_MS=<ms>: holds the rewrite window (lock held, file
  *   re-read, new file not yet renamed) open that long.
  */
-export function masterKeyRewriteHooks(env: NodeJS.ProcessEnv = process.env): RewriteHooks {
+export function masterKeyRewriteHooks(env: NodeJS.ProcessEnv): RewriteHooks {
   const pause = pausePoints(env).includes('master-key-lock');
   const windowMs = Number(env.ALATION_KEYS_TEST_MASTER_KEY_REWRITE_MS ?? 0);
   return {
@@ -89,7 +89,7 @@ export function masterKeyRewriteHooks(env: NodeJS.ProcessEnv = process.env): Rew
  * ALATION_KEYS_TEST_FREE_BYTES=<bytes>: the free space the disk checks see (rotate's headroom
  * and backup's), to exercise them without filling a disk.
  */
-export function testFreeBytesOverride(env: NodeJS.ProcessEnv = process.env): number | undefined {
+export function testFreeBytesOverride(env: NodeJS.ProcessEnv): number | undefined {
   const fake = env.ALATION_KEYS_TEST_FREE_BYTES;
   return fake !== undefined && fake !== '' ? Number(fake) : undefined;
 }

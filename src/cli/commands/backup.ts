@@ -1,6 +1,7 @@
 import { Command } from 'commander';
 import { listBackups, verifyBackup, VerifyReport } from '../../core/backup-catalog';
 import { takeBackup } from '../../core/backup';
+import { testFreeBytesOverride } from '../../core/test-hooks';
 import { formatBytes } from '../../core/headroom';
 import { IntegrityError, UsageError } from '../../errors';
 import { CommandContext, Runner } from '../context';
@@ -38,6 +39,7 @@ async function backupAction(ctx: CommandContext, opts: { out?: string; jobs?: st
       databaseUrl: ctx.globals.databaseUrl,
       actor: ctx.actor,
       env: ctx.env,
+      testFreeBytes: testFreeBytesOverride(ctx.env),
       masterKeyFile: ctx.globals.masterKeyFile,
       signal,
       onProgress: (p) => progress.update(`pg_dump: ${formatBytes(p.bytes)} written, ${elapsed(p.elapsedMs)} elapsed`),

@@ -4,7 +4,7 @@ import { DEFAULT_BATCH_SIZE, rotate, RotatePlan, RotateSummary, undecryptableMes
 import { describeReason } from '../../core/rewrite/undecryptable';
 import { IntegrityError } from '../../errors';
 import { nonEnvelopeError } from '../../core/census';
-import { testPauseFromEnv } from '../../core/test-hooks';
+import { masterKeyRewriteHooks, testFreeBytesOverride, testPauseFromEnv } from '../../core/test-hooks';
 import { createPool } from '../../db/connection';
 import { formatDuration, parseDuration, parsePositiveInt, parsePositiveNumber } from '../../core/rewrite/util';
 import { Runner } from '../context';
@@ -74,6 +74,8 @@ export function register(program: Command, run: Runner): void {
             databaseUrl: ctx.globals.databaseUrl,
             signal,
             pause: testPauseFromEnv(ctx.env),
+            masterKeyRewriteHooks: masterKeyRewriteHooks(ctx.env),
+            testFreeBytes: testFreeBytesOverride(ctx.env),
           },
           display.events(),
         );

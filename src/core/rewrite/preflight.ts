@@ -2,7 +2,6 @@
  * Checks before a rewrite job touches anything: a resumable job, the key provider, disk
  * headroom, a recent backup, the columns' walk keys. Each throws a typed error naming the fix.
  */
-import { testFreeBytesOverride } from '../test-hooks';
 import { Pool } from 'pg';
 import { IntegrityError, InterruptedError, PreconditionError, ProviderError } from '../../errors';
 import { createKeyProvider, ProviderOptions } from '../../kms';
@@ -20,6 +19,8 @@ export const DEFAULT_MAX_BACKUP_AGE_MS = 24 * 3_600_000;
 
 export interface HeadroomCheckOptions extends HeadroomOptions {
   skipDiskCheck?: boolean;
+  /** TEST ONLY: the free space to see instead of the data directory's (test-hooks.ts). */
+  testFreeBytes?: number;
 }
 
 /** The latest unfinished rotate job whose target DEK is still the primary one. */
@@ -31,7 +32,7 @@ export async function findResumable(pool: Pool, primary: KeyringRow): Promise<Jo
 
 export async function checkHeadroom(pool: Pool, opts: HeadroomCheckOptions, events: { warn?(message: string): void }): Promise<Headroom> {
   const h = await measureHeadroom(pool, opts);
-  const fake = testFreeBytesOverride();
+  const fake = opts.testFreeBytes;
   if (fake !== undefined) {
     h.freeBytes = fake;
     h.freeBytesSource = 'data-directory';

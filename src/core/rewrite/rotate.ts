@@ -27,7 +27,8 @@ import { convertingColumns, convertingError, nonEnvelopeError, nonEnvelopeProble
 import { listColumns } from '../columns';
 import { createJob, describeLockHolder, finishJob, getJob, JobActorOption, JobRecord, markOrphanedJobs, reopenJob } from '../jobs';
 import { addPrimaryDataKey, liveKekIds, primaryOf, readKeyring, retireUnusedDataKeys, rewrapKeyring } from '../keyring';
-import { masterKeyRewriteHooks, noPause, TestPause } from '../test-hooks';
+import { noPause, TestPause } from '../test-hooks';
+import { RewriteHooks } from '../../kms/master-key-file';
 import { ColumnState, initialState, nextPass, savedState, saveState, valuesBefore } from './checkpoint';
 import { converge, Convergence } from './convergence';
 import { dryRun, RotatePlan } from './dry-run';
@@ -83,6 +84,10 @@ export interface RotateOptions extends JobActorOption, StandbyGateOptions {
   signal?: AbortSignal;
   /** TEST ONLY: holds the rotation at named points (src/core/test-hooks.ts). */
   pause?: TestPause;
+  /** TEST ONLY: hooks around the master key file's rewrite (test-hooks.ts). */
+  masterKeyRewriteHooks?: RewriteHooks;
+  /** TEST ONLY: the free space the disk checks see (test-hooks.ts). */
+  testFreeBytes?: number;
 }
 
 export interface ColumnSummary {
@@ -212,6 +217,7 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
         actor: opts.actor,
         pgDump: opts.pgDump,
         env: opts.env ?? noEnvironmentForBackup(),
+        testFreeBytes: opts.testFreeBytes,
         databaseUrl: opts.databaseUrl,
         masterKeyFile: opts.providerOptions?.masterKeyFile,
         signal: opts.signal,
@@ -246,7 +252,7 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
       await reopenJob(pool, job.id);
       kekId = primary.kek_id;
     } else {
-      const created = await createKeyAndJob(pool, provider, plans, events, opts.actor);
+      const created = await createKeyAndJob(pool, provider, plans, events, opts.actor, opts.masterKeyRewriteHooks ?? {});
       job = created.job;
       newDek = created.dek;
       deks.set(job.to_version!, newDek);
@@ -271,6 +277,7 @@ async function createKeyAndJob(
   plans: ColumnPlan[],
   events: Events,
   actor: string | undefined,
+  masterKeyHooks: RewriteHooks,
 ): Promise<{ job: JobRecord; dek: Buffer; kekId: string }> {
   const columns: Record<string, ColumnState> = {};
   let rowsTotal = 0;
@@ -283,7 +290,7 @@ async function createKeyAndJob(
   // A new master key (local provider) is in the file, read back and checked, BEFORE the
   // transaction that re-wraps the DEKs under it: a crash in between leaves only an unused key
   // in the file, never a DEK wrapped under a key nobody has.
-  const newMasterKeyId = await provider.addKekVersion(masterKeyRewriteHooks());
+  const newMasterKeyId = await provider.addKekVersion(masterKeyHooks);
   const target = provider;
   const result = await withTransaction(pool, async (tx) => {
     // Recorded so that `keys prune-master-keys` knows these master keys were this database's.
