@@ -18,6 +18,7 @@ function describe(p: ColumnProgress): string {
 export class ProgressDisplay {
   private progress: Progress | undefined;
   private active = new Map<string, ColumnProgress>();
+  private countdown: NodeJS.Timeout | undefined;
   constructor(
     private readonly io: IOStreams,
     private readonly label: string,
@@ -50,14 +51,43 @@ export class ProgressDisplay {
         this.bar().log(`${p.column}: done, ${count(p.rowsDone, 'value', 'values', formatCount)}, ${(p.bytesDone / MB).toFixed(1)} MB${p.skipped ? `, ${formatCount(p.skipped)} changed by the application meanwhile` : ''}`);
         if (this.active.size) this.render();
       },
+      settleWait: (w: { waitMs: number; untilMs: number }) => this.settleCountdown(w.untilMs),
     };
   }
 
+  /**
+   * The settle wait, counted down on the spinner (every second; every few seconds as log lines
+   * elsewhere) so that it is not taken for a hang. Ends by itself at `untilMs`.
+   */
+  private settleCountdown(untilMs: number): void {
+    this.stopCountdown();
+    let first = true;
+    const tick = () => {
+      const left = Math.ceil((untilMs - Date.now()) / 1000);
+      if (left <= 0) return this.stopCountdown();
+      const text = `settle wait: ${formatDuration(left * 1000)} left, then the last count (application instances load the new key meanwhile; --settle-time)`;
+      // Off a terminal updates are logged every few seconds at most: the first one at once.
+      if (first && !this.io.stderrIsTTY) this.bar().log(text);
+      else this.bar().update(text);
+      first = false;
+    };
+    tick();
+    this.countdown = setInterval(tick, 1000);
+    this.countdown.unref();
+  }
+
+  private stopCountdown(): void {
+    if (this.countdown) clearInterval(this.countdown);
+    this.countdown = undefined;
+  }
+
   stop(): void {
+    this.stopCountdown();
     this.progress?.stop();
   }
 
   fail(): void {
+    this.stopCountdown();
     this.progress?.stop();
   }
 }

@@ -138,7 +138,8 @@ function renderSummary(io: IOStreams, s: RotateSummary): string {
   }
   const thisRun = s.resumed ? ` (this run: ${formatCount(s.rowsThisRun)} values, ${(s.bytesThisRun / MB).toFixed(1)} MB)` : '';
   out.push(
-    `${formatCount(s.rows)} values, ${(s.bytes / MB).toFixed(1)} MB${thisRun} in ${s.durationSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${count(s.passes, 'pass', 'passes')}, ${count(s.vacuums, 'vacuum')}`,
+    `${count(s.rows, 'value', 'values', formatCount)}, ${(s.bytes / MB).toFixed(1)} MB${thisRun} rewritten in ${s.rewriteSeconds}s (${formatCount(s.rowsPerSecond)} values/s, ${s.megabytesPerSecond} MB/s); ${count(s.passes, 'pass', 'passes')}, ${count(s.vacuums, 'vacuum')}`,
+    `settle wait ${s.settleSeconds}s (application instances load the new key before the last count; --settle-time); ${s.durationSeconds}s in all`,
   );
   if (s.undecryptable.length) {
     const shown = s.undecryptable.slice(0, UNDECRYPTABLE_SHOWN);

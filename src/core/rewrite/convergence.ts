@@ -40,6 +40,7 @@ export async function converge(c: Convergence): Promise<number> {
     if (total === 0) {
       if (wait <= 0) return passes;
       c.events.info?.(c.wording.settling(Math.ceil(wait / 1000)));
+      c.events.settleWait?.({ waitMs: wait, untilMs: c.settleUntil });
       await sleep(wait, c.stop);
       if (c.stop.aborted) throw c.interrupted();
       continue;

@@ -69,6 +69,11 @@ export interface RewriteEvents {
   columnStart?(p: ColumnProgress): void;
   progress?(p: ColumnProgress): void;
   columnDone?(p: ColumnProgress): void;
+  /**
+   * Every value is done and the settle wait before the last count begins (application
+   * instances load the new key meanwhile): it lasts `waitMs` and ends at `untilMs` (epoch ms).
+   */
+  settleWait?(w: { waitMs: number; untilMs: number }): void;
 }
 
 /** What every pass of one job shares (main thread only; the reader gets a PassDescription). */

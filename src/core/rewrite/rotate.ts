@@ -125,11 +125,16 @@ export interface RotateSummary {
   skippedConcurrent: number;
   passes: number;
   vacuums: number;
+  /** This run's time from the start of the rewrite to the end: the passes, the settle wait, the counts, retirement. */
   durationSeconds: number;
+  /** Time spent rewriting values (every pass), which the rates are measured over. */
+  rewriteSeconds: number;
+  /** The settle wait before the last count (--settle-time after the key was published). */
+  settleSeconds: number;
   /** Rows and bytes rewritten by this run (less than rows/bytes when it resumed a job). */
   rowsThisRun: number;
   bytesThisRun: number;
-  /** This run's rates. */
+  /** This run's rewrite rates: rowsThisRun and bytesThisRun over rewriteSeconds (the settle wait left out). */
   rowsPerSecond: number;
   megabytesPerSecond: number;
   /** Values left untouched because they do not decrypt (--skip-undecryptable), still in place. */
@@ -384,8 +389,16 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
     pause: opts.pause ?? noPause,
   };
   const workers = Math.max(1, opts.workers ?? 1);
+  // The rates are the rewrite's: the time of the passes, not the settle wait nor the counts.
+  let rewriteMs = 0;
+  let settleMs = 0;
   const pass = async (todo: ColumnPlan[]) => {
-    states = new Map([...states, ...(await rewriteColumns(ctx, todo, states, workers))]);
+    const passStarted = Date.now();
+    try {
+      states = new Map([...states, ...(await rewriteColumns(ctx, todo, states, workers))]);
+    } finally {
+      rewriteMs += Date.now() - passStarted;
+    }
     if (stopper.signal.aborted) throw interrupted(job.id);
   };
 
@@ -426,7 +439,13 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       settleUntil: job.started_at.getTime() + (opts.settleMs ?? DEFAULT_SETTLE_MS),
       stop: stopper.signal,
       interrupted: () => interrupted(job.id),
-      events,
+      events: {
+        ...events,
+        settleWait: (w) => {
+          settleMs += w.waitMs;
+          events.settleWait?.(w);
+        },
+      },
       wording: rotationWording(job.id, toVersion),
     });
 
@@ -444,6 +463,8 @@ async function runJob(pool: Pool, opts: RotateOptions, events: Events, r: JobRun
       vacuums: vacuumer.vacuums,
       undecryptable,
       throttled: gate?.throttled ?? { replicaLagMs: 0, walRateMs: 0 },
+      rewriteMs,
+      settleMs,
     });
     if (undecryptable.length === 0) await finishJob(pool, job.id, 'succeeded', undefined, { summary });
     else await finishJob(pool, job.id, 'failed', undecryptableMessage(undecryptable), { summary, undecryptable });
@@ -508,9 +529,12 @@ function summarise(
     vacuums: number;
     undecryptable: UndecryptableValueReport[];
     throttled: ThrottledTime;
+    rewriteMs: number;
+    settleMs: number;
   },
 ): RotateSummary {
   const durationSeconds = (Date.now() - run.started) / 1000;
+  const rewriteSeconds = run.rewriteMs / 1000;
   const columns: ColumnSummary[] = r.plans.map((p) => {
     const s = states.get(p.name)!;
     return { column: p.name, storage: p.col.storage, rows: s.rowsDone, bytes: s.bytesDone, skippedConcurrent: s.skipped, passes: s.pass };
@@ -535,10 +559,12 @@ function summarise(
     passes: run.passes,
     vacuums: run.vacuums,
     durationSeconds: Math.round(durationSeconds * 10) / 10,
+    rewriteSeconds: Math.round(rewriteSeconds * 10) / 10,
+    settleSeconds: Math.round(run.settleMs / 100) / 10,
     rowsThisRun,
     bytesThisRun,
-    rowsPerSecond: Math.round(rowsThisRun / Math.max(durationSeconds, 0.001)),
-    megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(durationSeconds, 0.001)) * 10) / 10,
+    rowsPerSecond: Math.round(rowsThisRun / Math.max(rewriteSeconds, 0.001)),
+    megabytesPerSecond: Math.round((bytesThisRun / 1048576 / Math.max(rewriteSeconds, 0.001)) * 10) / 10,
     undecryptable: run.undecryptable,
     backup: r.backup,
     throttled: run.throttled,
