@@ -55,6 +55,19 @@ function pseudoRandomBytes(key: Buffer, column: string, id: number, length: numb
   return c.update(Buffer.alloc(length));
 }
 
+/** What the generated tables hold: values (each an envelope) and NULLs, which stay NULL and are not encrypted. */
+export async function countRosemetaValues(pool: Pool): Promise<{ values: number; nulls: number }> {
+  let values = 0;
+  let nulls = 0;
+  for (const c of ROSEMETA_COLUMNS) {
+    const t = TABLE_OF[c];
+    const r = await pool.query<{ v: string; n: string }>(`SELECT count(${t.column}) AS v, count(*) - count(${t.column}) AS n FROM ${t.table}`);
+    values += Number(r.rows[0].v);
+    nulls += Number(r.rows[0].n);
+  }
+  return { values, nulls };
+}
+
 /** Whether the value at (column, id) is NULL. */
 export function isNullValue(column: RosemetaColumn, id: number): boolean {
   return column !== CREDENTIALS && id % 37 === 5;

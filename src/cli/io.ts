@@ -38,7 +38,9 @@ export class IOStreams {
     this.stdinIsTTY = !!stdin.isTTY;
     this.stdoutIsTTY = !!stdout.isTTY;
     this.stderrIsTTY = !!stderr.isTTY;
-    this.color = opts.color !== false && !process.env.NO_COLOR && this.stderrIsTTY;
+    // Painted text goes to both streams (a summary on stdout, warnings on stderr): colour only
+    // when both are terminals, so that `alation-keys status | tee log` holds no escape codes.
+    this.color = opts.color !== false && !process.env.NO_COLOR && this.stderrIsTTY && this.stdoutIsTTY;
   }
 
   get canPrompt(): boolean {
