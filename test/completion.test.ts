@@ -44,6 +44,8 @@ describe('completion bash', () => {
     expect(await complete('rotate', '--if-')).toEqual(['--if-older-than']);
     expect(await complete('ver')).toEqual(['verify']);
     expect(await complete('verify', '--sc')).toEqual(['--scan-limit']);
+    expect(await complete('enc')).toEqual(['encrypt']);
+    expect(await complete('encrypt', '--skip-u')).toEqual(['--skip-undecryptable']);
   });
 
   test('follows the command tree: subcommands, their own options, global options after them, and option values', async () => {

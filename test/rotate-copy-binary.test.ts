@@ -54,9 +54,11 @@ test('SQL: watermark literals are escaped, keys cast to their types, header lite
   expect(sql).toContain('ORDER BY t."tenant", t."n" LIMIT 4000');
   expect(sql).toContain(`IS DISTINCT FROM '\\x414b0100000007'::bytea`);
   expect(readPageSql(plan, null, 10, esc)).not.toContain('IS DISTINCT FROM');
-  const upd = updateFromStageSql(plan);
+  const upd = updateFromStageSql(plan, 'prefix');
   expect(upd).toContain(`t."tenant" = s.k0::text AND t."n" = s.k1::integer`);
-  expect(upd).toContain(`substring(t."Secret" FROM 1 FOR 19) = s.old_prefix`);
+  expect(upd).toContain(`substring(t."Secret" FROM 1 FOR 19) = s.old_match`);
+  // Plaintext (encrypt) is recognised by the digest of the whole value.
+  expect(updateFromStageSql(plan, 'digest')).toContain(`sha256(t."Secret") = s.old_match`);
   expect(upd).toContain(`(t."tenant", t."n") >= ($1::text, $2::integer) AND (t."tenant", t."n") <= ($3::text, $4::integer)`);
   expect(headerLiteral(0x01020304)).toBe(`'\\x414b0101020304'::bytea`);
 });

@@ -2,7 +2,7 @@
 import { PreconditionError, UsageError } from '../errors';
 import { Storage } from '../crypto/envelope';
 import { requireTablePrivileges } from '../db/privileges';
-import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
+import { Queryable, qualifiedName } from '../db/transaction';
 import { formatColumnName, parseQualifiedName } from './identifiers';
 import { censusColumn } from './census';
 
@@ -228,18 +228,17 @@ export async function countEncryptedValues(db: Queryable, col: EncryptedColumn):
 
 /**
  * Moves a column from one state to another (SPEC 4.2), only from one of `from`. With
- * `unlessValuesSql` (a predicate on the column's values), only when no value of the table
- * satisfies it, checked in the same statement. Returns whether the state changed.
+ * `unlessAnySql` (a predicate on the table's rows, alias `t`), only when no row satisfies it,
+ * checked in the same statement. Returns whether the state changed.
  */
 export async function changeColumnState(
   db: Queryable,
   col: Pick<EncryptedColumn, 'table_schema' | 'table_name' | 'column_name'>,
   to: ColumnState,
   from: ColumnState[],
-  unlessValuesSql?: (value: string) => string,
+  unlessAnySql?: string,
 ): Promise<boolean> {
-  const table = qualifiedName(col.table_schema, col.table_name);
-  const guard = unlessValuesSql ? ` AND NOT EXISTS (SELECT 1 FROM ${table} AS t WHERE ${unlessValuesSql('t.' + quoteIdent(col.column_name))})` : '';
+  const guard = unlessAnySql ? ` AND NOT EXISTS (SELECT 1 FROM ${qualifiedName(col.table_schema, col.table_name)} AS t WHERE ${unlessAnySql})` : '';
   const r = await db.query(
     `UPDATE alation_keys.encrypted_columns SET state = $4
       WHERE table_schema = $1 AND table_name = $2 AND column_name = $3 AND state = ANY($5::text[])${guard}`,

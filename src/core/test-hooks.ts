@@ -14,11 +14,13 @@ import { RewriteHooks } from '../kms/master-key-file';
  * - `mid-column`: rotate, just after a chunk and its checkpoint were committed;
  * - `between-columns`: rotate, the first column is done and others are left;
  * - `convergence`: rotate, the first pass is over and the values left have not been counted;
+ * - `job-start`: encrypt and decrypt, the job row written (decrypt: the column `decrypting`),
+ *   no value touched (the other rewrite points apply to them as to rotate);
  * - `destroy-planned`: keys destroy, checked and planned, the maintenance lock taken, the
  *   transaction that destroys the key not begun;
  * - `master-key-lock`: before the master key file's lock is taken (see masterKeyRewriteHooks).
  */
-export type PausePoint = 'after-key' | 'chunk-read' | 'mid-column' | 'between-columns' | 'convergence' | 'destroy-planned' | 'master-key-lock';
+export type PausePoint = 'after-key' | 'job-start' | 'chunk-read' | 'mid-column' | 'between-columns' | 'convergence' | 'destroy-planned' | 'master-key-lock';
 
 /** Holds the command at `point` if a test asked for it; `detail` goes on the pause line. */
 export type TestPause = (point: PausePoint, signal?: AbortSignal, detail?: string) => Promise<void>;

@@ -8,6 +8,7 @@ import * as keys from './keys';
 import * as backup from './backup';
 import * as rotate from './rotate';
 import * as verify from './verify';
+import * as encrypt from './encrypt';
 import * as byok from './byok';
 import * as completion from './completion';
 
@@ -21,6 +22,7 @@ export function registerCommands(program: Command, run: Runner): void {
   backup.register(program, run);
   rotate.register(program, run);
   verify.register(program, run);
+  encrypt.register(program, run);
   byok.register(program, run);
   completion.register(program, run);
 }

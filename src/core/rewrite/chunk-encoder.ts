@@ -3,10 +3,11 @@
  * transform to each value and write the staging rows straight into a binary COPY payload.
  * Runs in the reader thread (reader-worker.ts) so the main thread stays free for the writer.
  */
+import { createHash } from 'node:crypto';
 import { CopyPayloadBuilder, CopyRow } from './copy-binary';
 import { PassDescription } from './pass';
 import { storedPrefixLength } from './plan';
-import { openTransform, ValueRewriter } from './transform';
+import { openTransform, valueMatch, ValueRewriter } from './transform';
 import { stoppedAt, UndecryptableRow, UndecryptableValue } from './undecryptable';
 
 /** One chunk ready for the writer: a whole COPY … FROM STDIN (FORMAT binary) payload. */
@@ -33,6 +34,7 @@ export interface EncodedChunk {
  */
 export class ChunkEncoder {
   private readonly prefixLength: number;
+  private readonly byDigest: boolean;
   private readonly keyCount: number;
   private builder: CopyPayloadBuilder | null = null;
   private chunk: Omit<EncodedChunk, 'pieces'> | null = null;
@@ -44,6 +46,7 @@ export class ChunkEncoder {
     private readonly rewriter: ValueRewriter = openTransform(pass.transform, pass.plan),
   ) {
     this.prefixLength = storedPrefixLength(pass.plan);
+    this.byDigest = valueMatch(pass.transform) === 'digest';
     this.keyCount = pass.plan.keyColumns.length;
     this.watermark = pass.watermark;
   }
@@ -69,7 +72,8 @@ export class ChunkEncoder {
     b.row(nk + 3);
     for (let i = 0; i < nk; i++) b.field(fields[i]);
     b.field(fields[nk]!); // xmin
-    b.field(raw.subarray(0, this.prefixLength));
+    // What the UPDATE compares (plan.ts, updateFromStageSql): prefix, or digest of the value read.
+    b.field(this.byDigest ? createHash('sha256').update(raw).digest() : raw.subarray(0, this.prefixLength));
     chunk.bytes += this.rewriter.writeNew(b);
     chunk.count++;
     if (chunk.count >= this.pass.batchSize || chunk.bytes >= this.pass.chunkBytes) return this.take();

@@ -16,7 +16,7 @@ import { readChunks } from './chunk-reader';
 import { PassDescription } from './pass';
 import { ColumnPlan, copyIntoStageSql, countVersions, createStageSql, VersionCount } from './plan';
 import { censusColumns, checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, openProvider, planColumns } from './preflight';
-import { openTransform, ValueRewriter } from './transform';
+import { openTransform, Transform, valueMatch, ValueRewriter } from './transform';
 
 export interface DryRunOptions extends HeadroomOptions {
   skipBackupCheck?: boolean;
@@ -48,26 +48,78 @@ export interface RotatePlan {
 
 const SAMPLE_ROWS = 1000;
 
-export async function dryRun(pool: Pool, opts: DryRunOptions, rows: KeyringRow[], primary: KeyringRow, resumable: JobRecord | undefined): Promise<RotatePlan> {
+/** What a real run would refuse now, as lines (no lock is taken, nothing is changed), and what it saw. */
+export interface DryRunChecks {
+  preflight: string[];
+  provider: string;
+  headroom: Headroom;
+  backup: { jobId: number; finishedAt: string; ageHours: number } | null;
+}
+
+/**
+ * The checks of a rewrite job's preflight, run as a dry run: key provider (its DEKs unwrapped
+ * for `fn`, zeroed afterwards), the maintenance lock, disk headroom, the backup (not needed
+ * when `resuming`). Each failing check becomes a line of `preflight`.
+ */
+export async function withDryRunChecks<T>(
+  pool: Pool,
+  opts: DryRunOptions,
+  rows: KeyringRow[],
+  resuming: boolean,
+  fn: (checks: DryRunChecks, deks: Map<number, Buffer>) => Promise<T>,
+): Promise<T> {
   const preflight: string[] = [];
   const { provider, deks } = await openProvider(pool, opts.providerOptions ?? {}, rows);
-  const holderPid = await advisoryLockHolder(pool);
-  if (holderPid !== undefined) preflight.push(`the maintenance lock is held by ${await describeLockHolder(pool, holderPid)}`);
-  let headroom: Headroom;
   try {
-    headroom = await checkHeadroom(pool, { ...opts, skipDiskCheck: false }, {});
-  } catch (err) {
-    preflight.push((err as Error).message);
-    headroom = await measureHeadroom(pool, opts);
-  }
-  const b = await lastSucceededJob(pool, 'backup');
-  if (!resumable && !opts.skipBackupCheck && !opts.backup) {
+    const holderPid = await advisoryLockHolder(pool);
+    if (holderPid !== undefined) preflight.push(`the maintenance lock is held by ${await describeLockHolder(pool, holderPid)}`);
+    let headroom: Headroom;
     try {
-      await checkBackup(pool, opts.maxBackupAgeMs ?? DEFAULT_MAX_BACKUP_AGE_MS);
+      headroom = await checkHeadroom(pool, { ...opts, skipDiskCheck: false }, {});
     } catch (err) {
       preflight.push((err as Error).message);
+      headroom = await measureHeadroom(pool, opts);
     }
+    const b = await lastSucceededJob(pool, 'backup');
+    if (!resuming && !opts.skipBackupCheck && !opts.backup) {
+      try {
+        await checkBackup(pool, opts.maxBackupAgeMs ?? DEFAULT_MAX_BACKUP_AGE_MS);
+      } catch (err) {
+        preflight.push((err as Error).message);
+      }
+    }
+    const backup = b?.finished_at ? { jobId: b.id, finishedAt: b.finished_at.toISOString(), ageHours: Math.round((Date.now() - b.finished_at.getTime()) / 360_000) / 10 } : null;
+    return await fn({ preflight, provider: provider.kind, headroom, backup }, deks);
+  } finally {
+    for (const k of deks.values()) k.fill(0);
+    provider.dispose();
   }
+}
+
+/**
+ * The estimated duration of a rewrite of `bytes` from a sample: the sample times reading,
+ * crypto and staging; the UPDATE of the real run costs about as much again as staging plus
+ * reading (measured by bench/rotate-bench.ts), hence × 2.
+ */
+export function estimateSeconds(sample: { bytes: number; seconds: number }, rows: number, bytes: number): number | null {
+  return sample.bytes > 0 ? Math.round((sample.seconds * 2 * bytes) / sample.bytes) : rows === 0 ? 0 : null;
+}
+
+export async function dryRun(pool: Pool, opts: DryRunOptions, rows: KeyringRow[], primary: KeyringRow, resumable: JobRecord | undefined): Promise<RotatePlan> {
+  return withDryRunChecks(pool, opts, rows, !!resumable, ({ preflight, provider, headroom, backup }, deks) =>
+    rotationPlan(pool, opts, rows, primary, resumable, { preflight, provider, headroom, backup }, deks),
+  );
+}
+
+async function rotationPlan(
+  pool: Pool,
+  opts: DryRunOptions,
+  rows: KeyringRow[],
+  primary: KeyringRow,
+  resumable: JobRecord | undefined,
+  { preflight, provider, headroom, backup }: DryRunChecks,
+  deks: Map<number, Buffer>,
+): Promise<RotatePlan> {
   const cols = await listColumns(pool);
   const plans = await planColumns(pool, cols);
   const censuses = await censusColumns(pool, cols);
@@ -88,46 +140,43 @@ export async function dryRun(pool: Pool, opts: DryRunOptions, rows: KeyringRow[]
     totalBytes += bytesTodo;
     columns.push({ column: p.name, storage: p.col.storage, state, rows: rowsTodo, bytes: bytesTodo, perVersion, plaintext, malformed, nulls });
   }
-  const sample = await measureSample(pool, plans, deks, targetVersion);
-  // The sample times reading, crypto and staging; the UPDATE of the real run costs about as
-  // much again as staging plus reading (measured by bench/rotate-bench.ts), hence × 2.
-  const estimatedSeconds = sample.bytes > 0 ? Math.round((sample.seconds * 2 * totalBytes) / sample.bytes) : totalRows === 0 ? 0 : null;
+  const sample = await measureSample(pool, plans, { kind: 'rotate', toVersion: targetVersion, newDek: randomBytes(32), deks: [...deks.entries()] });
   return {
     ok: true,
     result: 'dry-run',
     resumableJob: resumable ? { id: resumable.id, fromVersion: resumable.from_version, toVersion: resumable.to_version, state: resumable.state } : null,
     primaryVersion: primary.version,
     newVersion: targetVersion,
-    provider: provider.kind,
+    provider,
     columns,
     nonEnvelopes,
     rows: totalRows,
     bytes: totalBytes,
     headroom,
-    backup: b?.finished_at ? { jobId: b.id, finishedAt: b.finished_at.toISOString(), ageHours: Math.round((Date.now() - b.finished_at.getTime()) / 360_000) / 10 } : null,
+    backup,
     preflight,
     sample,
-    estimatedSeconds,
+    estimatedSeconds: estimateSeconds(sample, totalRows, totalBytes),
   };
 }
 
 /**
  * Times the engine's own reader on up to 1000 values per column still to do: binary COPY out,
- * the rotate transform under a throwaway key, then COPY into a temporary staging table inside
- * a transaction that is rolled back. Nothing visible changes.
+ * the transform (give it a throwaway target key), then COPY into a temporary staging table
+ * inside a transaction that is rolled back. Nothing visible changes.
  */
-async function measureSample(pool: Pool, plans: ColumnPlan[], deks: Map<number, Buffer>, version: number) {
-  const throwaway = randomBytes(32);
+export async function measureSample(pool: Pool, plans: ColumnPlan[], transform: Transform): Promise<{ rows: number; bytes: number; seconds: number }> {
   let rowsN = 0;
   let bytes = 0;
   const t0 = process.hrtime.bigint();
   const client = await pool.connect();
   let broken = false;
+  const match = valueMatch(transform);
   try {
     for (const p of plans) {
       const pass: PassDescription = {
         plan: p,
-        transform: { kind: 'rotate', toVersion: version, newDek: throwaway, deks: [...deks.entries()] },
+        transform,
         batchSize: Number.MAX_SAFE_INTEGER,
         chunkBytes: Number.MAX_SAFE_INTEGER,
         watermark: null,
@@ -155,8 +204,8 @@ async function measureSample(pool: Pool, plans: ColumnPlan[], deks: Map<number, 
       if (!chunk || chunk.count === 0) continue;
       await client.query('BEGIN');
       try {
-        await client.query(createStageSql(p));
-        await pipeline(Readable.from(chunk.pieces), client.query(copyFrom(copyIntoStageSql(p))));
+        await client.query(createStageSql(p, match));
+        await pipeline(Readable.from(chunk.pieces), client.query(copyFrom(copyIntoStageSql(p, match))));
       } finally {
         await client.query('ROLLBACK');
       }

@@ -45,7 +45,7 @@ import { EncodedChunk } from './chunk-encoder';
 import { ColumnPlan, copyIntoStageSql, createStageSql, describeKey, stageStorageSql, updateFromStageSql } from './plan';
 import { chunksFromReader } from './reader-thread';
 import { ChunkPacer } from './throttle';
-import { Transform } from './transform';
+import { Transform, valueMatch } from './transform';
 import { sleep } from './util';
 import type { TestPause } from '../test-hooks';
 import { Vacuumer } from './vacuum';
@@ -144,8 +144,9 @@ async function writeChunk(client: PoolClient, ctx: RewriteContext, p: ColumnPlan
       await client.query(`BEGIN; SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '5min'`);
       let updated = 0;
       if (chunk.count > 0) {
-        await pipeline(Readable.from(chunk.pieces), client.query(copyFrom(copyIntoStageSql(p))));
-        const upd = await client.query(updateFromStageSql(p), [...chunk.lo, ...chunk.hi]);
+        const match = valueMatch(ctx.transform);
+        await pipeline(Readable.from(chunk.pieces), client.query(copyFrom(copyIntoStageSql(p, match))));
+        const upd = await client.query(updateFromStageSql(p, match), [...chunk.lo, ...chunk.hi]);
         updated = upd.rowCount ?? 0;
       }
       const next = afterChunk(state, chunk, updated, p.name);
@@ -196,8 +197,8 @@ export async function rewriteColumnPass(ctx: RewriteContext, p: ColumnPlan, star
   const writer = await ctx.pool.connect();
   let writerBroken = false;
   try {
-    await writer.query(createStageSql(p));
-    await writer.query(stageStorageSql(p));
+    await writer.query(createStageSql(p, valueMatch(ctx.transform)));
+    await writer.query(stageStorageSql(p, valueMatch(ctx.transform)));
   } catch (err) {
     writer.release(true);
     throw err;

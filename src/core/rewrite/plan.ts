@@ -23,6 +23,9 @@ export interface ColumnPlan {
   index: number;
 }
 
+/** What the compare-and-swap compares with the value read: its stored prefix, or a digest of it all. */
+export type ValueMatch = 'prefix' | 'digest';
+
 export interface VersionCount {
   version: number | null;
   values: number;
@@ -112,15 +115,16 @@ export function describeKey(p: ColumnPlan, keys: string[]): string {
   return p.keyColumns.map((k, i) => `${k}=${keys[i]}`).join(', ');
 }
 
-export function stageTableName(p: ColumnPlan): string {
-  return `alation_keys_rotate_stage_${p.index}`;
+/** One staging table per column and kind of match (their old_match columns differ in type). */
+export function stageTableName(p: ColumnPlan, match: ValueMatch): string {
+  return `alation_keys_rewrite_stage_${p.index}_${match}`;
 }
 
 /** Temporary staging table for one column's chunks (dropped with the session). */
-export function createStageSql(p: ColumnPlan): string {
+export function createStageSql(p: ColumnPlan, match: ValueMatch): string {
   const keys = p.keyColumns.map((_, i) => `k${i} text`).join(', ');
   const t = p.col.storage === 'bytea' ? 'bytea' : 'text';
-  return `CREATE TEMP TABLE IF NOT EXISTS ${stageTableName(p)} (${keys}, row_xmin text, old_prefix ${t}, new_value ${t}) ON COMMIT DELETE ROWS`;
+  return `CREATE TEMP TABLE IF NOT EXISTS ${stageTableName(p, match)} (${keys}, row_xmin text, old_match ${match === 'digest' ? 'bytea' : t}, new_value ${t}) ON COMMIT DELETE ROWS`;
 }
 
 /**
@@ -128,12 +132,12 @@ export function createStageSql(p: ColumnPlan): string {
  * would be written to the temporary table's TOAST and read back by the UPDATE (~10 % of the
  * rewrite, measured).
  */
-export function stageStorageSql(p: ColumnPlan): string {
-  return `ALTER TABLE ${stageTableName(p)} ALTER COLUMN new_value SET STORAGE MAIN`;
+export function stageStorageSql(p: ColumnPlan, match: ValueMatch): string {
+  return `ALTER TABLE ${stageTableName(p, match)} ALTER COLUMN new_value SET STORAGE MAIN`;
 }
 
-export function copyIntoStageSql(p: ColumnPlan): string {
-  return `COPY ${stageTableName(p)} FROM STDIN (FORMAT binary)`;
+export function copyIntoStageSql(p: ColumnPlan, match: ValueMatch): string {
+  return `COPY ${stageTableName(p, match)} FROM STDIN (FORMAT binary)`;
 }
 
 /** Length of the stored prefix compared before overwriting: the envelope's header and nonce. */
@@ -142,23 +146,32 @@ export function storedPrefixLength(p: ColumnPlan): number {
 }
 
 /**
- * The chunk's UPDATE: a row changes only if its stored value still starts with what was read
- * (the envelope's header and random nonce), so a value the application wrote meanwhile is never
- * overwritten. An unchanged row version (same xmin) implies an unchanged value and is checked
+ * The stored value's match key in SQL, as the reader stages it (chunk-encoder.ts): its first
+ * storedPrefixLength bytes, or the SHA-256 of the whole value (a text value: of its UTF-8 bytes,
+ * which is what binary COPY gives the reader).
+ */
+function matchKeySql(p: ColumnPlan, match: ValueMatch, value: string): string {
+  if (match === 'prefix') return `substring(${value} FROM 1 FOR ${storedPrefixLength(p)})`;
+  return p.col.storage === 'bytea' ? `sha256(${value})` : `sha256(convert_to(${value}, 'UTF8'))`;
+}
+
+/**
+ * The chunk's UPDATE: a row changes only if its stored value is still the one read (an
+ * envelope: same header and random nonce; plaintext: same digest), so a value the application
+ * wrote meanwhile is never overwritten. An unchanged row version (same xmin) implies an unchanged value and is checked
  * first: it lives in the tuple header, while the prefix of a TOASTed value costs a TOAST read.
  * Frozen rows show xmin 2 (and bootstrap rows 1) whatever wrote them, so for those only the
  * prefix counts: a row frozen when read and rewritten and frozen again must not match.
  * $1… are the chunk's low key values, then the high key values (a range predicate keeps the
  * plan on the key index).
  */
-export function updateFromStageSql(p: ColumnPlan): string {
+export function updateFromStageSql(p: ColumnPlan, match: ValueMatch): string {
   const v = quoteIdent(p.col.column_name);
   const n = p.keyColumns.length;
   const join = p.keyColumns.map((k, i) => `t.${quoteIdent(k)} = s.k${i}::${p.keyTypes[i]}`).join(' AND ');
-  const prefixLen = storedPrefixLength(p);
-  return `UPDATE ${p.table} AS t SET ${v} = s.new_value FROM ${stageTableName(p)} AS s
+  return `UPDATE ${p.table} AS t SET ${v} = s.new_value FROM ${stageTableName(p, match)} AS s
            WHERE ${join}
-             AND ((s.row_xmin NOT IN ('1', '2') AND t.xmin = s.row_xmin::xid) OR substring(t.${v} FROM 1 FOR ${prefixLen}) = s.old_prefix)
+             AND ((s.row_xmin NOT IN ('1', '2') AND t.xmin = s.row_xmin::xid) OR ${matchKeySql(p, match, `t.${v}`)} = s.old_match)
              AND ${keyTuple(p, 't')} >= ${keyParams(p, 1)} AND ${keyTuple(p, 't')} <= ${keyParams(p, 1 + n)}`;
 }
 
