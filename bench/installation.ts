@@ -1,4 +1,4 @@
-/** A generated rosemeta in a fresh database of the bench's server, and the spawned CLI `rotate`. */
+/** A generated rosemeta in a fresh database of the bench's server, and the spawned CLI (`rotate`, `verify`). */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -60,14 +60,18 @@ export async function setUp(server: { createDatabase(name: string): Promise<stri
   return { url, pool, masterKeyFile, shape, values: Number(r.rows[0].n), bytes: Number(r.rows[0].b) };
 }
 
-/** Spawns the CLI rotate (with `extra` options) and samples its peak RSS. */
-export async function runRotate(
-  inst: Installation,
-  extra: string[] = [],
-  settle = '0',
-): Promise<{ seconds: number; peakRssKb: number; summary: any; stderr: string }> {
+/** A spawned CLI command's time, peak RSS (VmHWM) and --json document. */
+export interface MeasuredRun {
+  seconds: number;
+  peakRssKb: number;
+  json: any;
+  stderr: string;
+}
+
+/** Spawns `alation-keys ARGS --json` against the installation and samples its peak RSS; an exit code not in `okCodes` throws. */
+export async function runMeasured(inst: Pick<Installation, 'url' | 'masterKeyFile'>, args: string[], okCodes = [0]): Promise<MeasuredRun> {
   const t0 = Date.now();
-  const child = spawn(process.execPath, [BIN, 'rotate', '--skip-backup-check', '--settle-time', settle, '--json', ...extra], {
+  const child = spawn(process.execPath, [BIN, ...args, '--json'], {
     env: { ...process.env, ALATION_KEYS_DATABASE_URL: inst.url, ALATION_KEYS_MASTER_KEY_FILE: inst.masterKeyFile, NO_COLOR: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -89,10 +93,19 @@ export async function runRotate(
   }, 200);
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   clearInterval(timer);
-  if (code !== 0) throw new Error(`rotate exited ${code}:\n${stderr}`);
-  return { seconds: (Date.now() - t0) / 1000, peakRssKb, summary: JSON.parse(stdout), stderr };
+  if (!okCodes.includes(code ?? -1)) throw new Error(`${args[0]} exited ${code}:\n${stderr}`);
+  return { seconds: (Date.now() - t0) / 1000, peakRssKb, json: JSON.parse(stdout), stderr };
 }
 
+/** Spawns the CLI rotate (with `extra` options) and samples its peak RSS. */
+export async function runRotate(
+  inst: Installation,
+  extra: string[] = [],
+  settle = '0',
+): Promise<{ seconds: number; peakRssKb: number; summary: any; stderr: string }> {
+  const r = await runMeasured(inst, ['rotate', '--skip-backup-check', '--settle-time', settle, ...extra]);
+  return { seconds: r.seconds, peakRssKb: r.peakRssKb, summary: r.json, stderr: r.stderr };
+}
 
 /** Drops the installation's database (its pool must be ended). */
 export async function dropDatabase(inst: Installation): Promise<void> {

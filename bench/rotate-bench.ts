@@ -7,6 +7,9 @@
  *   1. rotate    the real CLI (`rotate --skip-backup-check --settle-time 0`), spawned; peak RSS
  *                from /proc/PID/status VmHWM, database size sampled every 0.5 s (peak growth),
  *                WAL written (pg_current_wal_lsn difference).
+ *   1b. verify  the real CLI `verify` (spawned, peak RSS) against the read side's limit: binary
+ *                COPY in verify's pages and every value decrypted in memory on one thread
+ *                (bench/verify-bench.ts).
  *   2. limit     (largest size only) the same rewrite without cryptography: binary COPY out in
  *                pages, COPY into a staging table (values inline where they fit, as rotate's),
  *                one UPDATE … FROM per chunk with a key range, same chunk size, reading
@@ -33,9 +36,10 @@ import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { Client, Pool } from 'pg';
-import { from as copyFrom, to as copyTo } from 'pg-copy-streams';
+import { from as copyFrom } from 'pg-copy-streams';
 import { openKeyring } from '../src/core/keyring-client';
-import { CopyBinaryParser, CopyRow, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
+import { copyRowsOut } from '../src/core/rewrite/chunk-reader';
+import { CopyRow, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
 import { Vacuumer } from '../src/core/rewrite/vacuum';
 import { ROSEMETA_COLUMNS, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { recreateDatabase } from '../scripts/lib/embedded-postgres';
@@ -43,6 +47,7 @@ import { EMBEDDED_BIN_DIR, LocalCluster, startPrimary } from '../scripts/lib/str
 import { dbSize, dropDatabase, fmt, Installation, log, MB, runRotate, setUp } from './installation';
 import { describeWal, findWaldump, heapPages, walMark, WalUsed, walSince } from './wal-stats';
 import { runAppLoad } from './app-load';
+import { benchVerify, describeVerifyBench } from './verify-bench';
 
 const BATCH = 1000;
 const CHUNK_BYTES = 8 * MB;
@@ -135,14 +140,9 @@ export async function referencePipeline(pool: Pool): Promise<{ seconds: number; 
         let after = -1;
         let chunk: { rows: CopyRow[]; lo: string; hi: string; bytes: number } | null = null;
         for (;;) {
-          const src = reader.query(copyTo(
-            `COPY (SELECT id::text AS k0, ${t.column} AS v FROM ${t.table} AS t WHERE id > ${after} AND ${t.column} IS NOT NULL ORDER BY t.id LIMIT ${BATCH * 4}) TO STDOUT (FORMAT binary)`,
-          ));
-          const parser = new CopyBinaryParser();
-          src.on('error', (e) => parser.destroy(e));
-          src.pipe(parser);
+          const sql = `COPY (SELECT id::text AS k0, ${t.column} AS v FROM ${t.table} AS t WHERE id > ${after} AND ${t.column} IS NOT NULL ORDER BY t.id LIMIT ${BATCH * 4}) TO STDOUT (FORMAT binary)`;
           let n = 0;
-          for await (const f of parser as AsyncIterable<CopyRow>) {
+          for await (const f of copyRowsOut(reader, sql)) {
             n++;
             const key = f[0]!.toString();
             after = Number(key);
@@ -312,6 +312,9 @@ async function main() {
       const bad = report.mismatched.length + report.missing.length;
       log(`  verified:   ${fmt(report.checked)} values decrypt to their plaintext, ${bad} problems, versions ${JSON.stringify(Object.values(report.versions).map((v) => Object.keys(v)))}`);
       if (bad) throw new Error('verification failed');
+      await checkpointFirst(inst.pool);
+      res.verify = await benchVerify(inst);
+      log(describeVerifyBench(res.verify));
       if (last && args.limit) {
         await checkpointFirst(inst.pool);
         const pages1 = await heapPages(inst.pool, BENCH_TABLES);
@@ -379,6 +382,7 @@ async function main() {
     }
     if (results.length > 1) {
       log(`\nRSS by size: ${results.map((r) => `${fmt(r.size)} values → ${r.rotate.peakRssMb.toFixed(0)} MB`).join(', ')}`);
+      log(`verify RSS by size: ${results.map((r) => `${fmt(r.size)} values → ${r.verify.verify.peakRssMb.toFixed(0)} MB`).join(', ')}`);
     }
     fs.writeFileSync(path.join(dir, 'results.json'), JSON.stringify(results, null, 2));
     log(`results written to ${path.join(dir, 'results.json')}`);

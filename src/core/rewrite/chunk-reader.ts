@@ -11,18 +11,23 @@ import { PassDescription } from './pass';
 import { readPageSql } from './plan';
 import { pendingSql } from './transform';
 
+/** The rows of a `COPY … TO STDOUT (FORMAT binary)`, parsed as they stream in. */
+export function copyRowsOut(client: ClientBase, sql: string): AsyncIterable<CopyRow> {
+  const src = client.query(copyTo(sql));
+  const parser = new CopyBinaryParser();
+  src.on('error', (err) => parser.destroy(err));
+  src.pipe(parser);
+  return parser as AsyncIterable<CopyRow>;
+}
+
 export async function* readChunks(client: ClientBase, pass: PassDescription, encoder = new ChunkEncoder(pass)): AsyncGenerator<EncodedChunk> {
   const pageRows = pass.limitRows ?? Math.max(pass.batchSize * 4, 1000);
   const pending = pass.pendingOnly ? pendingSql(pass.transform, pass.plan, 't') : null;
   try {
     for (;;) {
       const sql = readPageSql(pass.plan, encoder.watermark, pageRows, (s) => client.escapeLiteral(s), pending);
-      const src = client.query(copyTo(sql));
-      const parser = new CopyBinaryParser();
-      src.on('error', (err) => parser.destroy(err));
-      src.pipe(parser);
       let n = 0;
-      for await (const fields of parser as AsyncIterable<CopyRow>) {
+      for await (const fields of copyRowsOut(client, sql)) {
         n++;
         const chunk = encoder.add(fields);
         if (chunk) yield chunk;

@@ -40,41 +40,86 @@ function startReaderThread(workerData: unknown): Worker {
   return new Worker(path.join(__dirname, 'reader-worker.js'), { workerData });
 }
 
-export async function* chunksFromReader(pool: Pool, pass: PassDescription): AsyncGenerator<EncodedChunk> {
-  const worker = startReaderThread({ config: connectionConfigOf(pool), pass });
-  type Message =
-    | { type: 'chunk'; chunk: Omit<EncodedChunk, 'pieces'> & { pieces: Array<{ buffer: ArrayBuffer; offset: number; length: number }> } }
-    | { type: 'done' }
-    | { type: 'error'; error: WorkerErrorData }
-    | { type: 'exit'; code: number };
-  const queue: Message[] = [];
-  let wake: (() => void) | null = null;
-  const push = (m: Message) => {
-    queue.push(m);
-    const w = wake;
-    wake = null;
-    w?.();
-  };
-  worker.on('message', push);
-  worker.on('error', (err) => push({ type: 'error', error: serialiseWorkerError(err) }));
-  worker.on('exit', (code) => push({ type: 'exit', code }));
-  try {
-    for (;;) {
-      while (queue.length === 0) await new Promise<void>((resolve) => (wake = resolve));
-      const m = queue.shift()!;
-      if (m.type === 'chunk') {
-        const pieces = m.chunk.pieces.map((x) => Buffer.from(x.buffer, x.offset, x.length));
-        yield { ...m.chunk, pieces };
-        worker.postMessage('ack');
-      } else if (m.type === 'done') {
-        return;
-      } else if (m.type === 'error') {
-        throw reviveWorkerError(m.error);
-      } else {
-        throw new Error(`the reader thread for ${pass.plan.name} exited unexpectedly (code ${m.code})`);
+type Message =
+  | { type: 'chunk'; chunk: Omit<EncodedChunk, 'pieces'> & { pieces: Array<{ buffer: ArrayBuffer; offset: number; length: number }> } }
+  | { type: 'done' }
+  | { type: 'error'; error: WorkerErrorData }
+  | { type: 'exit'; code: number };
+
+/**
+ * A reader thread kept for several passes, one after another (verify reads column after
+ * column on one). A pass that ends early (the consumer stopped, or an error) ends the thread;
+ * the next pass starts a new one.
+ */
+export class ReaderThread {
+  private worker: Worker | null = null;
+  private inbox: { queue: Message[]; wake: (() => void) | null } = { queue: [], wake: null };
+
+  constructor(private readonly pool: Pool) {}
+
+  private start(): Worker {
+    const worker = startReaderThread({ config: connectionConfigOf(this.pool) });
+    const inbox: ReaderThread['inbox'] = { queue: [], wake: null };
+    const push = (m: Message) => {
+      inbox.queue.push(m);
+      const w = inbox.wake;
+      inbox.wake = null;
+      w?.();
+    };
+    worker.on('message', push);
+    worker.on('error', (err) => push({ type: 'error', error: serialiseWorkerError(err) }));
+    worker.on('exit', (code) => push({ type: 'exit', code }));
+    this.inbox = inbox;
+    return worker;
+  }
+
+  /** Starts the thread now (it loads and connects while the caller does other work). */
+  warm(): this {
+    this.worker ??= this.start();
+    return this;
+  }
+
+  async *chunks(pass: PassDescription): AsyncGenerator<EncodedChunk> {
+    const worker = (this.worker ??= this.start());
+    const inbox = this.inbox;
+    worker.postMessage({ type: 'pass', pass });
+    let finished = false;
+    try {
+      for (;;) {
+        while (inbox.queue.length === 0) await new Promise<void>((resolve) => (inbox.wake = resolve));
+        const m = inbox.queue.shift()!;
+        if (m.type === 'chunk') {
+          const pieces = m.chunk.pieces.map((x) => Buffer.from(x.buffer, x.offset, x.length));
+          yield { ...m.chunk, pieces };
+          worker.postMessage('ack');
+        } else if (m.type === 'done') {
+          finished = true;
+          return;
+        } else if (m.type === 'error') {
+          throw reviveWorkerError(m.error);
+        } else {
+          throw new Error(`the reader thread for ${pass.plan.name} exited unexpectedly (code ${m.code})`);
+        }
       }
+    } finally {
+      if (!finished) await this.close();
     }
+  }
+
+  /** Ends the thread (and its connection). */
+  async close(): Promise<void> {
+    const worker = this.worker;
+    this.worker = null;
+    await worker?.terminate();
+  }
+}
+
+/** One pass on a thread of its own. */
+export async function* chunksFromReader(pool: Pool, pass: PassDescription): AsyncGenerator<EncodedChunk> {
+  const reader = new ReaderThread(pool);
+  try {
+    yield* reader.chunks(pass);
   } finally {
-    await worker.terminate();
+    await reader.close();
   }
 }

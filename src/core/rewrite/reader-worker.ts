@@ -1,5 +1,5 @@
 /**
- * Worker-thread entry of a rewrite pass: owns the reader connection, reads pages with binary
+ * Worker-thread entry of rewrite passes: owns the reader connection, reads pages with binary
  * COPY, applies the pass's transform and encodes the staging rows, and posts finished chunks to the main
  * thread, which only writes them. At most CHUNK_CREDIT chunks wait unacknowledged, so the
  * reader runs a little ahead of the writer and memory stays bounded.
@@ -17,18 +17,26 @@ import { serialiseWorkerError } from './worker-messages';
 
 export const CHUNK_CREDIT = 2;
 
+/**
+ * One connection for the thread's life; passes come as messages ({type: 'pass'}), one after
+ * another, each answered by its chunks and a 'done' (the thread is reused: a new thread and
+ * connection cost ~150 ms, more than a small column takes to read).
+ */
 async function main(): Promise<void> {
   const port = parentPort!;
-  const { config, pass } = workerData as { config: ClientConfig; pass: PassDescription };
+  const { config } = workerData as { config: ClientConfig };
   let credit = CHUNK_CREDIT;
   let wake: (() => void) | null = null;
+  const passes: PassDescription[] = [];
+  const nudge = () => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
   port.on('message', (m) => {
-    if (m === 'ack') {
-      credit++;
-      const w = wake;
-      wake = null;
-      w?.();
-    }
+    if (m === 'ack') credit++;
+    else if (m?.type === 'pass') passes.push(m.pass);
+    nudge();
   });
   // The pool's settings, DateStyle ISO included (resolveConnectionConfig): watermarks are keys
   // in their text form, read back by later sessions.
@@ -36,13 +44,19 @@ async function main(): Promise<void> {
   client.on('error', () => undefined);
   await client.connect();
   try {
-    for await (const chunk of readChunks(client, pass)) {
-      while (credit === 0) await new Promise<void>((resolve) => (wake = resolve));
-      credit--;
-      const pieces = chunk.pieces.map((b) => ({ buffer: b.buffer as ArrayBuffer, offset: b.byteOffset, length: b.length }));
-      port.postMessage({ type: 'chunk', chunk: { ...chunk, pieces } }, [...new Set(pieces.map((x) => x.buffer))]);
+    for (;;) {
+      while (passes.length === 0) await new Promise<void>((resolve) => (wake = resolve));
+      const pass = passes.shift()!;
+      // Every ack of the previous pass came before this pass's message (one port, in order).
+      credit = CHUNK_CREDIT;
+      for await (const chunk of readChunks(client, pass)) {
+        while (credit === 0) await new Promise<void>((resolve) => (wake = resolve));
+        credit--;
+        const pieces = chunk.pieces.map((b) => ({ buffer: b.buffer as ArrayBuffer, offset: b.byteOffset, length: b.length }));
+        port.postMessage({ type: 'chunk', chunk: { ...chunk, pieces } }, [...new Set(pieces.map((x) => x.buffer))]);
+      }
+      port.postMessage({ type: 'done' });
     }
-    port.postMessage({ type: 'done' });
   } finally {
     await client.end().catch(() => undefined);
   }

@@ -23,7 +23,7 @@ import { readKeyring } from '../keyring';
 import { ColumnProgress, RewriteEvents } from './engine';
 import { ColumnPlan, countValues } from './plan';
 import { openProvider, planColumns } from './preflight';
-import { chunksFromReader } from './reader-thread';
+import { ReaderThread } from './reader-thread';
 import { UndecryptableReason, UndecryptableRow } from './undecryptable';
 import { PLAINTEXT_TALLY, VerifyTransform } from './verify-transform';
 import { count as countOf } from '../../plural';
@@ -126,14 +126,15 @@ function count(v: ColumnVerification, tally: Record<string, number>, failed: Und
 /** Reads and opens every value of one column in a reader thread. */
 async function verifyColumn(
   pool: Pool,
+  reader: ReaderThread,
   p: ColumnPlan,
+  total: number,
   keys: Pick<VerifyTransform, 'deks' | 'destroyed'>,
   stop: AbortSignal,
   events: RewriteEvents,
   failures: VerifyFailure[],
 ): Promise<ColumnVerification> {
   const v = emptyVerification(p);
-  const { values: total } = await countValues(pool, p);
   const started = Date.now();
   const progress = (): ColumnProgress => {
     const secs = Math.max((Date.now() - started) / 1000, 0.001);
@@ -152,7 +153,7 @@ async function verifyColumn(
   };
   events.columnStart?.(progress());
   const transform: VerifyTransform = { kind: 'verify', ...keys, plaintextAllowed: p.col.state !== 'encrypted' };
-  const chunks = chunksFromReader(pool, {
+  const chunks = reader.chunks({
     plan: p,
     transform,
     batchSize: VERIFY_ROWS_PER_CHUNK,
@@ -186,8 +187,9 @@ async function verifyColumn(
 async function verifyColumns(
   pool: Pool,
   plans: ColumnPlan[],
+  totals: ReadonlyMap<string, number>,
   keys: Pick<VerifyTransform, 'deks' | 'destroyed'>,
-  workers: number,
+  readers: ReaderThread[],
   stop: AbortController,
   events: RewriteEvents,
   jobId: number,
@@ -196,22 +198,27 @@ async function verifyColumns(
   const results = new Map<string, ColumnVerification>();
   const failuresByColumn = new Map<string, VerifyFailure[]>();
   let failure: unknown;
-  const worker = async () => {
-    for (let p = queue.shift(); p && !stop.signal.aborted; p = queue.shift()) {
-      const failures: VerifyFailure[] = [];
-      try {
-        const v = await verifyColumn(pool, p, keys, stop.signal, events, failures);
-        results.set(p.name, v);
-        failuresByColumn.set(p.name, failures);
-        const { column: _c, ...counts } = v;
-        await recordColumnCheckpoint(pool, jobId, p.name, { ...counts, done: !stop.signal.aborted }, v.values, v.bytes);
-      } catch (err) {
-        failure ??= err;
-        stop.abort();
+  // One reader thread per worker, column after column.
+  const worker = async (reader: ReaderThread) => {
+    try {
+      for (let p = queue.shift(); p && !stop.signal.aborted; p = queue.shift()) {
+        const failures: VerifyFailure[] = [];
+        try {
+          const v = await verifyColumn(pool, reader, p, totals.get(p.name) ?? 0, keys, stop.signal, events, failures);
+          results.set(p.name, v);
+          failuresByColumn.set(p.name, failures);
+          const { column: _c, ...counts } = v;
+          await recordColumnCheckpoint(pool, jobId, p.name, { ...counts, done: !stop.signal.aborted }, v.values, v.bytes);
+        } catch (err) {
+          failure ??= err;
+          stop.abort();
+        }
       }
+    } finally {
+      await reader.close();
     }
   };
-  await Promise.all(Array.from({ length: Math.min(workers, Math.max(plans.length, 1)) }, worker));
+  await Promise.all(readers.map(worker));
   if (failure) throw failure;
   return {
     columns: plans.filter((p) => results.has(p.name)).map((p) => results.get(p.name)!),
@@ -245,15 +252,19 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
   const onSignal = () => stop.abort();
   opts.signal?.addEventListener('abort', onSignal, { once: true });
   const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
+  let readers: ReaderThread[] = [];
   try {
     await markOrphanedJobs(pool, { holdingLock: true });
     const started = Date.now();
-    let total = 0;
-    for (const p of plans) total += (await countValues(pool, p)).values;
+    // The reader threads load and connect while the columns are counted.
+    readers = Array.from({ length: Math.min(workers, Math.max(plans.length, 1)) }, () => new ReaderThread(pool).warm());
+    const totals = new Map<string, number>();
+    for (const p of plans) totals.set(p.name, (await countValues(pool, p)).values);
+    const total = [...totals.values()].reduce((a, b) => a + b, 0);
     const job = await createJob(pool, { kind: 'verify', rowsTotal: total, actor: opts.actor, detail: { columns: {} } });
     try {
       events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(Math.min(workers, Math.max(plans.length, 1)), 'reader thread')}`);
-      const { columns, failures } = await verifyColumns(pool, plans, keys, workers, stop, events, job.id);
+      const { columns, failures } = await verifyColumns(pool, plans, totals, keys, readers, stop, events, job.id);
       if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped before it read every value`, { hint: 'run `alation-keys verify` again' });
       const scanBound = opts.scanBound ?? DEFAULT_SCAN_BOUND;
       const unregistered = opts.columns?.length || scanBound === 0 ? null : await scanUnregisteredColumns(pool, scanBound, stop.signal);
@@ -293,6 +304,7 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
     }
   } finally {
     opts.signal?.removeEventListener('abort', onSignal);
+    await Promise.all(readers.map((r) => r.close()));
     await lock.release();
     for (const k of deks.values()) k.fill(0);
     provider.dispose();
