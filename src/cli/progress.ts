@@ -65,7 +65,8 @@ export class ProgressDisplay {
     const tick = () => {
       const left = Math.ceil((untilMs - Date.now()) / 1000);
       if (left <= 0) return this.stopCountdown();
-      const text = `settle wait: ${formatDuration(left * 1000)} left, then the last count (application instances load the new key meanwhile; --settle-time)`;
+      // Short enough for one line of a narrow terminal: the log line above says the rest.
+      const text = `settle wait: ${formatDuration(left * 1000)} left (application instances load the new key)`;
       // Off a terminal updates are logged every few seconds at most: the first one at once.
       if (first && !this.io.stderrIsTTY) this.bar().log(text);
       else this.bar().update(text);
