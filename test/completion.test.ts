@@ -45,6 +45,7 @@ describe('completion bash', () => {
     expect(await complete('ver')).toEqual(['verify']);
     expect(await complete('verify', '--sc')).toEqual(['--scan-limit']);
     expect(await complete('enc')).toEqual(['encrypt']);
+    expect(await complete('decr')).toEqual(['decrypt']);
     expect(await complete('encrypt', '--skip-u')).toEqual(['--skip-undecryptable']);
   });
 

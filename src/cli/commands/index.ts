@@ -9,6 +9,7 @@ import * as backup from './backup';
 import * as rotate from './rotate';
 import * as verify from './verify';
 import * as encrypt from './encrypt';
+import * as decrypt from './decrypt';
 import * as byok from './byok';
 import * as completion from './completion';
 
@@ -23,6 +24,7 @@ export function registerCommands(program: Command, run: Runner): void {
   rotate.register(program, run);
   verify.register(program, run);
   encrypt.register(program, run);
+  decrypt.register(program, run);
   byok.register(program, run);
   completion.register(program, run);
 }
