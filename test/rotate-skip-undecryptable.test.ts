@@ -99,3 +99,18 @@ test('once they are cleared, rotate finishes the job: succeeded, v1 retired', as
   expect(r.json).toMatchObject({ ok: true, toVersion: 2, retiredVersions: [1], undecryptable: [] });
   expect((await rotateJobs(inst.db.pool)).map((j) => j.state)).toEqual(['succeeded']);
 });
+
+test('plaintext in an encrypted column: the census refuses without the flag (exit 5, before any key); with it the dry run passes and the rotation leaves it untouched', async () => {
+  await inst.db.query(`UPDATE public.blobs SET payload = 'not an envelope'::bytea WHERE id = 42`);
+  const keys = (await keyringRows(inst.db.pool)).length;
+  const refused = await runCli(['rotate', ...FAST], { env: inst.env });
+  expect([refused.code, refused.stderr]).toEqual([5, expect.stringMatching(/rotate refused: .*public\.blobs\.payload: 1 plaintext value/)]);
+  expect((await keyringRows(inst.db.pool)).length).toBe(keys);
+  const plan = await runCli(['rotate', '--dry-run', '--skip-undecryptable', '--skip-backup-check', '--skip-disk-check'], { env: inst.env });
+  expect([plan.code, plan.stdout]).toEqual([0, expect.stringMatching(/preflight: ok/)]);
+  const r = await runCliJson(['rotate', ...FAST, '--skip-undecryptable'], { env: inst.env });
+  expect(r.code).toBe(5);
+  expect(r.json.undecryptable).toEqual([{ column: 'public.blobs.payload', key: { id: '42' }, reason: 'plaintext', version: null }]);
+  expect(r.json.retiredVersions).toEqual([2]);
+  expect((await inst.db.query(`SELECT convert_from(payload, 'UTF8') AS v FROM public.blobs WHERE id = 42`)).rows[0].v).toBe('not an envelope');
+});
