@@ -9,7 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { envelopeToText, sealEnvelope } from '../src/crypto/envelope';
 import { createInstallation, Installation } from './support/fixtures';
 import { runCli, runCliJson } from './support/cli';
-import { FAST, keyringRows, tableDigest } from './support/rotate-helpers';
+import { FAST, keyringRows, spawnUntil, tableDigest } from './support/rotate-helpers';
 
 let inst: Installation;
 let total: number;
@@ -54,6 +54,16 @@ test('a clean database: every value verifies, no envelope elsewhere, exit 0, a s
   expect(text.code).toBe(0);
   expect(text.stdout).toMatch(new RegExp(`verify job \\d+: ${total.toLocaleString('en-US')} values read, ${total.toLocaleString('en-US')} verified, 0 failed`));
   expect(text.stdout).toMatch(/unregistered text\/bytea columns: 3 looked at, at most 10,000 values each/);
+});
+
+test('SIGTERM while it runs: exit 130, the job interrupted', async () => {
+  const run = spawnUntil(['verify'], 'ALATION_KEYS_TEST_PAUSED job-start', { env: { ...inst.env, ALATION_KEYS_TEST_PAUSE_AT: 'job-start' } });
+  await run.seen;
+  run.child.kill('SIGTERM');
+  const r = await run.exited;
+  expect([r.code, r.stderr]).toEqual([130, expect.stringMatching(/error: interrupted: verify job (\d+) stopped before it read every value/)]);
+  const id = Number(/verify job (\d+)/.exec(r.stderr)![1]);
+  expect(await job(id)).toMatchObject({ kind: 'verify', state: 'interrupted' });
 });
 
 describe('one value of each kind that does not decrypt, and envelopes in an unregistered column', () => {

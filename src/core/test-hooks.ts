@@ -15,7 +15,8 @@ import { RewriteHooks } from '../kms/master-key-file';
  * - `between-columns`: rotate, the first column is done and others are left;
  * - `convergence`: rotate, the first pass is over and the values left have not been counted;
  * - `job-start`: encrypt and decrypt, the job row written (decrypt: the column `decrypting`),
- *   no value touched (the other rewrite points apply to them as to rotate);
+ *   no value touched (the other rewrite points apply to them as to rotate); verify, its job row
+ *   written and its reader threads started, no value read;
  * - `destroy-planned`: keys destroy, checked and planned, the maintenance lock taken, the
  *   transaction that destroys the key not begun;
  * - `master-key-lock`: before the master key file's lock is taken (see masterKeyRewriteHooks).

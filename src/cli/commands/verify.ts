@@ -3,6 +3,7 @@ import { DEFAULT_SCAN_BOUND } from '../../core/envelope-scan';
 import { parsePositiveInt } from '../../core/rewrite/util';
 import { describeReason } from '../../core/rewrite/undecryptable';
 import { verify, VerifyReport } from '../../core/rewrite/verify';
+import { testPauseFromEnv } from '../../core/test-hooks';
 import { createPool } from '../../db/connection';
 import { IntegrityError, UsageError } from '../../errors';
 import { Runner } from '../context';
@@ -32,7 +33,11 @@ export function register(program: Command, run: Runner): void {
       const pool = createPool({ databaseUrl: ctx.globals.databaseUrl, command: 'verify', max: 2 * workers + 4 });
       const display = new ProgressDisplay(ctx.io, 'verifying');
       try {
-        const report = await verify(pool, { columns, workers, scanBound, providerOptions: ctx.providerOptions, actor: ctx.actor, signal }, display.events());
+        const report = await verify(
+          pool,
+          { columns, workers, scanBound, providerOptions: ctx.providerOptions, actor: ctx.actor, pause: testPauseFromEnv(ctx.env), signal },
+          display.events(),
+        );
         display.stop();
         if (ctx.globals.json) ctx.io.printJson(report);
         else ctx.io.print(renderReport(ctx.io, report));

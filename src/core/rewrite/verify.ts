@@ -20,6 +20,7 @@ import { EncryptedColumn, findColumn, listColumns } from '../columns';
 import { DEFAULT_SCAN_BOUND, scanUnregisteredColumns, UnregisteredScan } from '../envelope-scan';
 import { createJob, describeLockHolder, finishJob, markOrphanedJobs, recordColumnCheckpoint } from '../jobs';
 import { readKeyring } from '../keyring';
+import { noPause, TestPause } from '../test-hooks';
 import { ColumnProgress, RewriteEvents } from './engine';
 import { ColumnPlan, countValues } from './plan';
 import { openProvider, planColumns } from './preflight';
@@ -43,6 +44,8 @@ export interface VerifyOptions {
   providerOptions?: ProviderOptions;
   /** Who runs it, for the job record (the CLI's OS user and host). */
   actor?: string;
+  /** TEST ONLY: holds the command at `job-start` (test-hooks.ts). */
+  pause?: TestPause;
   signal?: AbortSignal;
 }
 
@@ -263,6 +266,7 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
     const total = [...totals.values()].reduce((a, b) => a + b, 0);
     const job = await createJob(pool, { kind: 'verify', rowsTotal: total, actor: opts.actor, detail: { columns: {} } });
     try {
+      await (opts.pause ?? noPause)('job-start', stop.signal);
       events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(Math.min(workers, Math.max(plans.length, 1)), 'reader thread')}`);
       const { columns, failures } = await verifyColumns(pool, plans, totals, keys, readers, stop, events, job.id);
       if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped before it read every value`, { hint: 'run `alation-keys verify` again' });
