@@ -132,6 +132,9 @@ describe('one value of each kind that does not decrypt, and envelopes in an unre
     expect(j.detail.failures).toHaveLength(5);
     expect(j.error).toMatch(/5 values failed to decrypt .*envelopes in unregistered columns \(public\.notes\.body: 3\)/);
     expect(await tableDigest(inst.db.pool)).toBe(before);
+    // Three columns at once, each in a reader thread of its own: the same findings.
+    const parallel = await runCliJson(['verify', '--workers', '3'], { env: inst.env });
+    expect([parallel.code, parallel.json.threads, parallel.json.failures, parallel.json.verified]).toEqual([5, 3, r.json.failures, r.json.verified]);
   });
 
   test('on a terminal-less run: a table and the failures, each with its row key', async () => {
