@@ -78,6 +78,11 @@ export async function failJobIfRunning(db: Queryable, id: number, error: string)
   );
 }
 
+/** Merges `patch` into job `id`'s detail (top-level keys replaced). */
+export async function recordJobDetail(db: Queryable, id: number, patch: object): Promise<void> {
+  await db.query(`UPDATE alation_keys.jobs SET detail = detail || $2::jsonb, updated_at = now() WHERE id = $1`, [id, JSON.stringify(patch)]);
+}
+
 /** Reopens an interrupted or crashed job for resumption. */
 export async function reopenJob(db: Queryable, id: number): Promise<void> {
   await db.query(`UPDATE alation_keys.jobs SET state = 'running', finished_at = NULL, error = NULL, updated_at = now() WHERE id = $1`, [id]);

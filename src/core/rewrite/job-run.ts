@@ -25,6 +25,7 @@ import { KeyringRow } from '../keyring';
 import { ColumnState, nextPass, savedState, saveState } from './checkpoint';
 import { converge, Convergence } from './convergence';
 import { RewriteContext, rewriteColumns, RewriteEvents } from './engine';
+import { planKeyRanges, mergeRanges, rangeStates } from './key-ranges';
 import { ColumnPlan, tableBytes } from './plan';
 import { checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, describeHeadroom, openProvider, throwIfStopped } from './preflight';
 import { StandbyGate, StandbyGateOptions, ThrottledTime } from './standby-gate';
@@ -265,8 +266,13 @@ export async function runRewriteJob<S extends object>(pool: Pool, opts: RewriteJ
   const interrupted = () => interruptedJob(job.id, spec.resumeCommand);
   const detail = (await getJob(pool, job.id))!.detail;
   let states = new Map(plans.map((p) => [p.name, savedState(detail, p.name)]));
-  const rowsAtStart = sumOf(states.values(), 'rowsDone');
-  const bytesAtStart = sumOf(states.values(), 'bytesDone');
+  const workers = Math.max(1, opts.workers ?? 1);
+  // A column much larger than the rest runs its first pass as key ranges, one per worker (key-ranges.ts).
+  const split = await planKeyRanges(pool, job.id, plans, states, detail.ranges ?? {}, workers);
+  const ranges = rangeStates(split, (name) => (detail.columns?.[name] ? savedState(detail, name) : undefined), states);
+  for (const { column, ranges: r } of split) events.info?.(`${column.name}: first pass in ${r.length} key ranges, one worker each`);
+  const rowsAtStart = sumOf([...states.values(), ...ranges.values()], 'rowsDone');
+  const bytesAtStart = sumOf([...states.values(), ...ranges.values()], 'bytesDone');
   const vacuumer = await startVacuumer(pool, plans, opts, events);
   const ctx: RewriteContext = {
     pool,
@@ -281,7 +287,6 @@ export async function runRewriteJob<S extends object>(pool: Pool, opts: RewriteJ
     skipUndecryptable: opts.skipUndecryptable,
     pause: opts.pause ?? noPause,
   };
-  const workers = Math.max(1, opts.workers ?? 1);
   // The rates are the rewrite's: the time of the passes, not the settle wait nor the counts.
   let rewriteMs = 0;
   let settleMs = 0;
@@ -300,7 +305,16 @@ export async function runRewriteJob<S extends object>(pool: Pool, opts: RewriteJ
     if (stopper.signal.aborted) throw interrupted();
     await spec.beforeFirstPass?.(stopper.signal);
     if (stopper.signal.aborted) throw interrupted();
-    await pass(plans.filter((p) => !states.get(p.name)!.done));
+    const whole = plans.filter((p) => !states.get(p.name)!.done && !split.some((s) => s.column === p));
+    const rangePlans = split.flatMap((s) => s.ranges).filter((r) => !ranges.get(r.name)!.done);
+    states = new Map([...states, ...ranges]);
+    // Ranges first: they are the long work, so each gets a worker from the start.
+    await pass([...rangePlans, ...whole]);
+    for (const s of split) {
+      const merged = await mergeRanges(pool, job.id, s, states.get(s.column.name)!, states);
+      if (merged) states.set(s.column.name, merged);
+      for (const r of s.ranges) states.delete(r.name);
+    }
     await ctx.pause('convergence', stopper.signal);
     if (stopper.signal.aborted) throw interrupted();
 

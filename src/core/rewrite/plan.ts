@@ -21,6 +21,11 @@ export interface ColumnPlan {
   keyTypes: string[];
   /** Stable per-run index, used to name the staging table. */
   index: number;
+  /**
+   * One key range of the column (key-ranges.ts): the pass reads only keys up to and including
+   * this; it starts after the range's lower bound, its state's first watermark.
+   */
+  upTo?: string[] | null;
 }
 
 /** What the compare-and-swap compares with the value read: its stored prefix, or a digest of it all. */
@@ -106,8 +111,31 @@ export function readPageSql(
   const where = [`${v} IS NOT NULL`];
   if (pending) where.push(pending);
   if (watermark) where.unshift(`${keyTuple(p, 't')} > ${keyLiteral(p, watermark, escapeLiteral)}`);
+  if (p.upTo) where.unshift(`${keyTuple(p, 't')} <= ${keyLiteral(p, p.upTo, escapeLiteral)}`);
   const order = p.keyColumns.map((k) => 't.' + quoteIdent(k)).join(', ');
   return `COPY (SELECT ${keys}, t.xmin::text AS row_xmin, ${v} AS value FROM ${p.table} AS t WHERE ${where.join(' AND ')} ORDER BY ${order} LIMIT ${Math.floor(limit)}) TO STDOUT (FORMAT binary)`;
+}
+
+/**
+ * Up to `parts - 1` keys that cut the column's non-NULL rows into `parts` ranges of about equal
+ * row counts, from a sample of about `sampleRows` keys (TABLESAMPLE SYSTEM: whole pages, cheap
+ * on a large table). Each is the last key of its range. Fewer when the sample is too small.
+ */
+export async function sampleKeyBoundaries(db: Queryable, p: ColumnPlan, rows: number, parts: number, sampleRows = 10_000): Promise<string[][]> {
+  const percent = Math.min(100, Math.max(0.01, (sampleRows / Math.max(rows, 1)) * 100));
+  const keys = p.keyColumns.map((k, i) => `${quoteIdent(k)}::text AS k${i}`).join(', ');
+  const order = p.keyColumns.map((k) => quoteIdent(k)).join(', ');
+  const r = await db.query<Record<string, string>>(
+    `SELECT ${keys} FROM ${p.table} TABLESAMPLE SYSTEM (${percent}) WHERE ${quoteIdent(p.col.column_name)} IS NOT NULL ORDER BY ${order}`,
+  );
+  const sample = r.rows.map((row) => p.keyColumns.map((_, i) => row[`k${i}`]));
+  if (sample.length < parts * 10) return [];
+  const out: string[][] = [];
+  for (let i = 1; i < parts; i++) {
+    const key = sample[Math.floor((i * sample.length) / parts) - 1];
+    if (!out.length || JSON.stringify(out[out.length - 1]) !== JSON.stringify(key)) out.push(key);
+  }
+  return out;
 }
 
 /** `id=42` or `tenant=a, n=7`: a row's walk key as messages show it. */
