@@ -132,6 +132,9 @@ describe('one value of each kind that does not decrypt, and envelopes in an unre
     expect(j.detail.failures).toHaveLength(5);
     expect(j.error).toMatch(/5 values failed to decrypt .*envelopes in unregistered columns \(public\.notes\.body: 3\)/);
     expect(await tableDigest(inst.db.pool)).toBe(before);
+    const status = await runCliJson(['status', '--check', '--no-provider-check'], { env: inst.env });
+    expect(status.code).toBe(3);
+    expect(status.json.attention).toContainEqual(expect.stringMatching(new RegExp(`^the last verify, job ${r.json.jobId}, failed: 5 values failed to decrypt`)));
     // Three columns at once, each in a reader thread of its own: the same findings.
     const parallel = await runCliJson(['verify', '--workers', '3'], { env: inst.env });
     expect([parallel.code, parallel.json.threads, parallel.json.failures, parallel.json.verified]).toEqual([5, 3, r.json.failures, r.json.verified]);

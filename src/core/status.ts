@@ -148,6 +148,9 @@ export async function collectStatus(
       break;
     }
   }
+  // The last verification that ran to its end: one that found values that do not decrypt stays an item until another passes.
+  const [lastVerify] = (await listJobs(pool, { kind: 'verify', limit: 5 })).filter((j) => j.state === 'succeeded' || j.state === 'failed');
+  if (lastVerify?.state === 'failed') attention.push(`the last verify, job ${lastVerify.id}, failed: ${lastVerify.error ?? 'see its record'}; see \`alation-keys jobs show ${lastVerify.id}\``);
   return {
     installationId: settings.installation_id ?? null,
     provider,
