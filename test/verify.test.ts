@@ -152,7 +152,7 @@ describe('one value of each kind that does not decrypt, and envelopes in an unre
   });
 
   test('naming a column verifies only it and leaves the unregistered columns alone', async () => {
-    const r = await runCliJson(['verify', 'public.documents.body'], { env: inst.env });
+    const r = await runCliJson(['verify', 'public.documents.body', 'public.documents.BODY'], { env: inst.env });
     expect(r.code).toBe(5);
     expect(r.json.columns.map((c: any) => c.column)).toEqual(['public.documents.body']);
     expect(r.json.failures).toEqual([{ column: 'public.documents.body', key: { id: planted.unknown }, reason: 'unknown-key', version: 99 }]);

@@ -19,6 +19,7 @@ import { ProviderOptions } from '../../kms';
 import { EncryptedColumn, findColumn, listColumns } from '../columns';
 import { DEFAULT_SCAN_BOUND, scanUnregisteredColumns, UnregisteredScan } from '../envelope-scan';
 import { createJob, describeLockHolder, finishJob, markOrphanedJobs, recordColumnCheckpoint } from '../jobs';
+import { formatColumnName } from '../identifiers';
 import { readKeyring } from '../keyring';
 import { noPause, TestPause } from '../test-hooks';
 import { ColumnProgress, RewriteEvents } from './engine';
@@ -100,7 +101,7 @@ async function chooseColumns(pool: Pool, names: string[] | undefined): Promise<E
   for (const name of names) {
     const col = await findColumn(pool, name);
     if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
-    if (!out.includes(col)) out.push(col);
+    if (!out.some((c) => formatColumnName(c) === formatColumnName(col))) out.push(col);
   }
   return out;
 }
