@@ -19,10 +19,14 @@
  *                encrypt, one autocommitted UPDATE per row; measured on a sample of rows
  *                spread over the tables and extrapolated to the whole database by values/s.
  *
+ *   4. encrypt   (largest size only) the rosemeta returned to plaintext with `decrypt`, then the
+ *                real `encrypt` of it against the same no-crypto limit on the plaintext
+ *                (bench/encrypt-bench.ts).
+ *
  * Each measured phase starts after a CHECKPOINT. For each phase, WAL: bytes, full-page images
  * (pg_stat_wal) and, on the bench's own server, pg_waldump --stats (bench/wal-stats.ts).
  * Options: --sizes 200000,1000000  --row-sample 20000 (0: no row-by-row)  --no-limit (no limit,
- * rotate #2 nor row-by-row)  --no-again (no rotate #2)  --keep-db  --pg-bin DIR (PostgreSQL 15 binaries of the bench's own server; default
+ * rotate #2 nor row-by-row)  --no-again (no rotate #2)  --no-encrypt (no encrypt phase)  --keep-db  --pg-bin DIR (PostgreSQL 15 binaries of the bench's own server; default
  * the embedded ones, /usr/lib/postgresql/15/bin has lz4 and zstd)  --set NAME=VALUE (a server
  * setting of the bench's own server, repeatable: wal_compression=zstd, max_wal_size=4GB, …).
  * --app-load: the application's view instead (bench/app-load.ts).
@@ -48,6 +52,7 @@ import { dbSize, dropDatabase, fmt, Installation, log, MB, runRotate, setUp } fr
 import { describeWal, findWaldump, heapPages, walMark, WalUsed, walSince } from './wal-stats';
 import { runAppLoad } from './app-load';
 import { benchVerify, describeVerifyBench } from './verify-bench';
+import { benchEncrypt, describeEncryptBench } from './encrypt-bench';
 
 const BATCH = 1000;
 const CHUNK_BYTES = 8 * MB;
@@ -61,22 +66,24 @@ interface Args {
   pgBin: string;
   settings: string[];
   appLoad: boolean;
+  encrypt: boolean;
   rest: string[];
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [200_000, 1_000_000], rowSample: 20_000, again: true, limit: true, keepDb: false, pgBin: EMBEDDED_BIN_DIR, settings: [], appLoad: false, rest: [] };
+  const a: Args = { sizes: [200_000, 1_000_000], rowSample: 20_000, again: true, limit: true, keepDb: false, pgBin: EMBEDDED_BIN_DIR, settings: [], appLoad: false, encrypt: true, rest: [] };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--sizes') a.sizes = argv[++i].split(',').map(Number);
     else if (argv[i] === '--row-sample') a.rowSample = Number(argv[++i]);
     else if (argv[i] === '--no-again') a.again = false;
     else if (argv[i] === '--no-limit') a.limit = false;
+    else if (argv[i] === '--no-encrypt') a.encrypt = false;
     else if (argv[i] === '--keep-db') a.keepDb = true;
     else if (argv[i] === '--pg-bin') a.pgBin = argv[++i];
     else if (argv[i] === '--set') a.settings.push(argv[++i]);
     else if (argv[i] === '--app-load') a.appLoad = true;
     else if (a.appLoad) a.rest.push(argv[i]);
-    else throw new Error(`unknown option ${argv[i]} (--sizes N,M --row-sample N --no-again --no-limit --keep-db --pg-bin DIR --set NAME=VALUE --app-load)`);
+    else throw new Error(`unknown option ${argv[i]} (--sizes N,M --row-sample N --no-again --no-limit --no-encrypt --keep-db --pg-bin DIR --set NAME=VALUE --app-load)`);
   }
   if (a.sizes.some((n) => !Number.isInteger(n) || n < 1000)) throw new Error('--sizes takes whole numbers ≥ 1000');
   if (a.settings.some((x) => !/^[a-z_]+=\S+$/.test(x))) throw new Error('--set takes NAME=VALUE');
@@ -375,6 +382,16 @@ async function main() {
             `; growth ${res.rotate.growthRatio.toFixed(2)} × database (target ≤ 0.3); RSS ${res.rotate.peakRssMb.toFixed(0)} MB (target < 200); ` +
             `WAL ${res.rotate.walPerRewrittenByte.toFixed(2)} × rewritten (limit ${res.limit.walPerRewrittenByte.toFixed(2)} ×; target ≤ 1.3)`,
         );
+      }
+      if (last && args.encrypt) {
+        res.encrypt = await benchEncrypt(inst, { checkpoint: () => checkpointFirst(inst.pool), limit: () => referencePipeline(inst.pool) });
+        log(describeEncryptBench(res.encrypt));
+        const keyring = await openKeyring({ pool: inst.pool, masterKeyFile: inst.masterKeyFile });
+        const after = await verifyRosemeta(inst.pool, keyring, inst.shape, { seed: 'bench' });
+        await keyring.close();
+        const wrong = after.mismatched.length + after.missing.length;
+        log(`  verified:   ${fmt(after.checked)} values decrypt to their plaintext after decrypt and encrypt, ${wrong} problems`);
+        if (wrong) throw new Error('verification after encrypt failed');
       }
       results.push(res);
       await inst.pool.end();

@@ -15,26 +15,27 @@
  * description of a pass the reader thread gets as is), reader-thread.ts / reader-worker.ts /
  * chunk-reader.ts / chunk-encoder.ts (the reader), plan.ts (the SQL), checkpoint.ts (a
  * column's progress), convergence.ts (passes until nothing is left), preflight.ts, dry-run.ts,
- * and rotate.ts (the rotate job, the worked example of a use of the engine).
+ * job-run.ts (what every job does around its transform: lock, preflight, passes, convergence,
+ * job states), and the jobs: rotate.ts, encrypt.ts, decrypt.ts (verify.ts reads only).
  *
- * Adding a transform (e.g. `encrypt`, `decrypt`):
+ * Adding a transform (as encrypt-transform.ts and decrypt-transform.ts were added):
  *  1. In a file of its own (as rotate-transform.ts), describe it as plain data
  *     (`{ kind: 'encrypt', …keys as Uint8Array }`: it is structured-cloned into the reader
  *     thread), implement a ValueRewriter for it (`read` decides per value and tallies,
  *     `writeNew` writes the new value as one COPY field, `wipe` zeroes its key copies), and a
  *     SQL predicate for the values it has still to do.
- *  2. Add it to the `Transform` union and to the two switches of transform.ts.
+ *  2. Add it to the `Transform` union and to the switches of transform.ts (valueMatch too).
  *  3. Use it: create the job row with each column's initialState() in detail.columns
- *     (checkpoint.ts), then call rewriteColumns() with a RewriteContext carrying the transform,
- *     and converge() to re-run passes over what its predicate still counts.
+ *     (checkpoint.ts), then hand runRewriteJob() (job-run.ts) the job, the transform, what
+ *     still counts as to do, and what to do once nothing is left.
  * A value the transform cannot open: `read` throws an UndecryptableValue (undecryptable.ts:
  * readStoredEnvelope, openWithDataKeys); the pass stops there with an IntegrityError naming
  * the row, or, with RewriteContext.skipUndecryptable, leaves it untouched and records its row
  * in the column's checkpoint (ColumnState.undecryptable); count what is left to do with
  * countPendingExceptRecorded and report what stayed with stillPending (rotate.ts does both).
  * Keep `read` lean: it runs once per value on the hot path. The compare-and-swap compares the
- * row's xmin and the stored prefix (plan.ts, storedPrefixLength); a transform whose input is
- * not an envelope needs a prefix of its own there.
+ * row's xmin and then what was read (plan.ts, updateFromStageSql): an envelope's stored prefix,
+ * or for plaintext input (encrypt) a SHA-256 of the whole value (transform.ts, valueMatch).
  */
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
