@@ -13,7 +13,7 @@
 import { Pool } from 'pg';
 import { requireInitialised } from '../../db/migrations';
 import { requireTablePrivileges } from '../../db/privileges';
-import { acquireAdvisoryLock } from '../../db/transaction';
+import { acquireAdvisoryLock, HeldLock } from '../../db/transaction';
 import { InterruptedError, UsageError } from '../../errors';
 import { ProviderOptions } from '../../kms';
 import { EncryptedColumn, findColumn, listColumns } from '../columns';
@@ -255,9 +255,10 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
   const stop = new AbortController();
   const onSignal = () => stop.abort();
   opts.signal?.addEventListener('abort', onSignal, { once: true });
-  const lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
+  let lock: HeldLock | undefined;
   let readers: ReaderThread[] = [];
   try {
+    lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
     await markOrphanedJobs(pool, { holdingLock: true });
     const started = Date.now();
     // The reader threads load and connect while the columns are counted.
@@ -310,7 +311,8 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
   } finally {
     opts.signal?.removeEventListener('abort', onSignal);
     await Promise.all(readers.map((r) => r.close()));
-    await lock.release();
+    await lock?.release();
+    // Key material is not left in memory longer than the job needs it (also when the lock was refused).
     for (const k of deks.values()) k.fill(0);
     provider.dispose();
   }
