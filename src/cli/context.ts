@@ -106,7 +106,13 @@ export class CommandContext {
   }
 }
 
-export type CommandAction = (ctx: CommandContext, args: string[], opts: Record<string, any>) => Promise<void>;
+/**
+ * A command's action: its positional arguments and its flags as commander parsed them, typed by
+ * the command (`F`: an interface of the flags' camelCase names, strings or booleans, repeated
+ * flags as string arrays). The action parses them once into the typed options of the core
+ * function it calls.
+ */
+export type CommandAction<F extends object> = (ctx: CommandContext, args: string[], flags: F) => Promise<void>;
 
 /** Set by main: runs an action with a context and cleans up after it. */
-export type Runner = (name: string, cmd: Command, action: CommandAction) => (...args: any[]) => Promise<void>;
+export type Runner = <F extends object = Record<never, never>>(name: string, cmd: Command, action: CommandAction<F>) => (...args: unknown[]) => Promise<void>;

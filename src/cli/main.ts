@@ -4,7 +4,7 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { ExitCode, normaliseError } from '../errors';
-import { CommandAction, CommandContext, GlobalOptions } from './context';
+import { CommandAction, CommandContext, GlobalOptions, Runner } from './context';
 import { registerCommands } from './commands';
 import { VERSION } from '../version';
 
@@ -60,9 +60,9 @@ export function buildProgram(): Command {
     writeErr: (s) => process.stderr.write(s),
     outputError: (s, write) => write(s.replace(/^error: /, 'error: ')),
   });
-  const runner = (name: string, cmd: Command, action: CommandAction) => async (...args: any[]) => {
+  const runner: Runner = <F extends object>(name: string, _cmd: Command, action: CommandAction<F>) => async (...args: unknown[]) => {
     const command = args[args.length - 1] as Command;
-    const opts = command.opts();
+    const opts = command.opts() as F;
     const positional = args.slice(0, -2).flat().filter((a) => a !== undefined) as string[];
     const globals = command.optsWithGlobals() as GlobalOptions;
     const ctx = new CommandContext(name, globals);

@@ -25,7 +25,14 @@ function parseJobs(text: string | undefined): number | undefined {
   return Number(text);
 }
 
-async function backupAction(ctx: CommandContext, opts: { out?: string; jobs?: string; pgDump?: string }) {
+/** backup's flags as commander gives them. */
+interface BackupFlags {
+  out?: string;
+  jobs?: string;
+  pgDump?: string;
+}
+
+async function backupAction(ctx: CommandContext, opts: BackupFlags) {
   const jobs = parseJobs(opts.jobs);
   const signal = ctx.handleInterrupts();
   const dir = ctx.backupDir(opts.out);
@@ -109,7 +116,7 @@ export function register(program: Command, run: Runner): void {
     .option('--out <dir>', 'backup directory (else $ALATION_KEYS_BACKUP_DIR, else /var/backups/alation-keys)')
     .option('--jobs <n>', 'dump in parallel with N jobs into directory format')
     .option('--pg-dump <path>', 'the pg_dump to use (else $ALATION_KEYS_PG_DUMP, PATH, /usr/lib/postgresql/<major>/bin, /usr/pgsql-<major>/bin)');
-  backup.action(run('backup', backup, (ctx, _a, opts) => backupAction(ctx, opts)));
+  backup.action(run('backup', backup, (ctx, _a, opts: BackupFlags) => backupAction(ctx, opts)));
 
   const list = backup
     .command('list')
@@ -117,7 +124,7 @@ export function register(program: Command, run: Runner): void {
     .option('--all', 'include failed and interrupted backups')
     .option('--limit <n>', 'how many', '20');
   list.action(
-    run('backup', list, async (ctx, _a, opts) => {
+    run('backup', list, async (ctx, _a, opts: { all?: boolean; limit: string }) => {
       const limit = Number(opts.limit);
       if (!Number.isInteger(limit) || limit < 1) throw new UsageError(`--limit must be a positive whole number, got "${opts.limit}"`);
       const backups = await listBackups(ctx.pool, { limit, all: !!opts.all });
@@ -155,7 +162,7 @@ export function register(program: Command, run: Runner): void {
     .option('--pg-restore <path>', 'the pg_restore to use (else $ALATION_KEYS_PG_RESTORE, PATH, per-version directories)')
     .option('--offline', 'without the database: needs the manifest file; checks the keys inside the dump against the master key file or KMS key, but not whether a key was destroyed since');
   verify.action(
-    run('backup', verify, async (ctx, [file], opts) => {
+    run('backup', verify, async (ctx, [file], opts: { pgRestore?: string; offline?: boolean }) => {
       const progress = ctx.io.progress(`verifying ${file}`);
       let report: VerifyReport;
       try {

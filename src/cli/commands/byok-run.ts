@@ -22,7 +22,23 @@ import { placeholderWarning, renderCheck, renderPolicy } from './byok-render';
 import { runWizard } from './byok-wizard';
 import { count } from '../../plural';
 
-function flagsOf(opts: Record<string, any>): ByokFlags {
+/** The flags of `byok policy` as commander gives them. */
+export interface ByokPolicyFlags {
+  keyArn?: string;
+  roleArn?: string;
+  principal?: string;
+}
+
+/** The flags of `byok test` and `byok onboard` as commander gives them. */
+export interface ByokTargetFlags {
+  region?: string;
+  keyArn?: string;
+  roleArn?: string;
+  serviceRegion?: string;
+  replace?: boolean;
+}
+
+function flagsOf(opts: ByokTargetFlags): ByokFlags {
   return { region: opts.region, keyArn: opts.keyArn, roleArn: opts.roleArn, serviceRegion: opts.serviceRegion };
 }
 
@@ -86,7 +102,7 @@ async function runOnboard(ctx: CommandContext, flags: ByokFlags, opts: { replace
   ctx.io.print('Check it any time with `alation-keys status`.');
 }
 
-export async function policyCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
+export async function policyCommand(ctx: CommandContext, opts: ByokPolicyFlags): Promise<void> {
   const snippets = await byokPolicy(ctx.pool, { keyArn: opts.keyArn, roleArn: opts.roleArn, principal: opts.principal }, ctx.providerOptions);
   const warning = placeholderWarning(snippets);
   if (warning) ctx.io.warn(warning);
@@ -94,7 +110,7 @@ export async function policyCommand(ctx: CommandContext, opts: Record<string, an
   ctx.io.print(renderPolicy(snippets));
 }
 
-export async function testCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
+export async function testCommand(ctx: CommandContext, opts: ByokTargetFlags): Promise<void> {
   const flags = flagsOf(opts);
   const missing = missingByokFlags(flags);
   if (missing.length) throw new UsageError(`byok test needs ${missing.join(', ')}`);
@@ -104,7 +120,7 @@ export async function testCommand(ctx: CommandContext, opts: Record<string, any>
   ctx.io.print(`all checks passed: ${report.keyArn} is ready for \`alation-keys byok onboard\``);
 }
 
-export async function onboardCommand(ctx: CommandContext, opts: Record<string, any>): Promise<void> {
+export async function onboardCommand(ctx: CommandContext, opts: ByokTargetFlags): Promise<void> {
   const flags = flagsOf(opts);
   const missing = missingByokFlags(flags);
   if (missing.length) {

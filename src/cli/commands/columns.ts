@@ -44,7 +44,7 @@ export function register(program: Command, run: Runner): void {
     .argument('<column>', 'SCHEMA.TABLE.COLUMN; quote mixed-case names: public."MyTable"."Secret"')
     .option('--context <text>', 'AAD context, unique and non-empty (default the quoted SCHEMA.TABLE.COLUMN; kept if the table is renamed later)');
   add.action(
-    run('columns', add, async (ctx, [name], opts) => {
+    run('columns', add, async (ctx, [name], opts: { context?: string }) => {
       await requireInitialised(ctx.pool);
       const { column, added, plaintext } = await addColumn(ctx.pool, name, { context: opts.context });
       const display = formatColumnName(column);

@@ -4,7 +4,7 @@ import { Runner } from '../context';
 import { IOStreams } from '../io';
 import { formatCount } from '../render';
 import { count } from '../../plural';
-import { addRewriteOptions, renderJobFigures, runRewriteCommand } from './rewrite-command';
+import { RewriteFlags, addRewriteOptions, renderJobFigures, runRewriteCommand } from './rewrite-command';
 
 export function register(program: Command, run: Runner): void {
   const cmd = program
@@ -13,7 +13,7 @@ export function register(program: Command, run: Runner): void {
     .argument('<column>', 'SCHEMA.TABLE.COLUMN');
   addRewriteOptions(cmd, 'decrypt', { skipUndecryptable: false }, 'wait at least this long after the column becomes decrypting before decrypting values (application instances re-read the registry every 30 s)');
   cmd.action(
-    run('decrypt', cmd, async (ctx, [name], opts) => {
+    run('decrypt', cmd, async (ctx, [name], opts: RewriteFlags) => {
       const target = await decryptionTarget(ctx.pool, name);
       ctx.io.warn(
         `${target.column} (${target.state}) holds ${count(target.envelopes, 'envelope')}: decrypt writes their plaintext back into the table, and the column is no longer encrypted by anyone`,

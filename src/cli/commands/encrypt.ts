@@ -3,7 +3,7 @@ import { encrypt, EncryptPlan, EncryptSummary } from '../../core/rewrite/encrypt
 import { Runner } from '../context';
 import { IOStreams } from '../io';
 import { formatCount, renderTable } from '../render';
-import { addRewriteOptions, renderDryRunChecks, renderJobFigures, renderUndecryptable, runRewriteCommand } from './rewrite-command';
+import { RewriteFlags, addRewriteOptions, renderDryRunChecks, renderJobFigures, renderUndecryptable, runRewriteCommand } from './rewrite-command';
 import { undecryptableMessage } from '../../core/rewrite/job-run';
 import { IntegrityError } from '../../errors';
 
@@ -15,7 +15,7 @@ export function register(program: Command, run: Runner): void {
     .option('--dry-run', 'print the plan (plaintext values and bytes per column, disk, estimated duration) and change nothing');
   addRewriteOptions(cmd, 'encrypt', { skipUndecryptable: true }, 'wait at least this long after the job starts before the final count (application instances re-read the registry every 30 s)');
   cmd.action(
-    run('encrypt', cmd, async (ctx, columns, opts) => {
+    run('encrypt', cmd, async (ctx, columns, opts: RewriteFlags & { dryRun?: boolean }) => {
       const result = await runRewriteCommand(ctx, opts, 'encrypting', (pool, options, events) => encrypt(pool, { ...options, columns, dryRun: !!opts.dryRun }, events));
       if (ctx.globals.json) ctx.io.printJson(result);
       else if (result.result === 'nothing-to-do') ctx.io.print(result.message);

@@ -16,7 +16,7 @@ import { CommandContext } from '../context';
 import { IOStreams } from '../io';
 import { ProgressDisplay } from '../progress';
 import { formatCount, renderTable } from '../render';
-import { addStandbyOptions, describeThrottled, parseStandbyOptions } from '../standby-options';
+import { addStandbyOptions, describeThrottled, parseStandbyOptions, StandbyFlags } from '../standby-options';
 import { count } from '../../plural';
 
 export type { ColumnProgress };
@@ -41,8 +41,24 @@ export function addRewriteOptions(cmd: Command, verb: string, has: { skipUndecry
   return addStandbyOptions(cmd);
 }
 
+/** The shared flags as commander gives them (addRewriteOptions). */
+export interface RewriteFlags extends StandbyFlags {
+  workers: string;
+  batchSize: string;
+  maxRate?: string;
+  maxBackupAge: string;
+  skipBackupCheck?: boolean;
+  backup?: boolean;
+  backupDir?: string;
+  dataDir?: string;
+  freeSpace?: string;
+  skipDiskCheck?: boolean;
+  settleTime: string;
+  skipUndecryptable?: boolean;
+}
+
 /** The parsed shared options (bad values: exit 2 naming the option). */
-export function rewriteJobOptions(ctx: CommandContext, opts: Record<string, any>, signal: AbortSignal): RewriteJobOptions & { workers: number } {
+export function rewriteJobOptions(ctx: CommandContext, opts: RewriteFlags, signal: AbortSignal): RewriteJobOptions & { workers: number } {
   return {
     workers: parsePositiveInt(opts.workers, '--workers', 64),
     batchSize: parsePositiveInt(opts.batchSize, '--batch-size', 1_000_000),
@@ -76,7 +92,7 @@ export function rewriteJobOptions(ctx: CommandContext, opts: Record<string, any>
  */
 export async function runRewriteCommand<T>(
   ctx: CommandContext,
-  opts: Record<string, any>,
+  opts: RewriteFlags,
   label: string,
   job: (pool: Pool, options: RewriteJobOptions, events: RewriteEvents) => Promise<T>,
 ): Promise<T> {

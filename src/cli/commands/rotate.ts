@@ -6,8 +6,14 @@ import { nonEnvelopeError } from '../../core/census';
 import { formatDuration, parseDuration } from '../../core/rewrite/util';
 import { Runner } from '../context';
 import { IOStreams } from '../io';
-import { addRewriteOptions, renderDryRunChecks, renderJobFigures, renderUndecryptable, runRewriteCommand } from './rewrite-command';
+import { RewriteFlags, addRewriteOptions, renderDryRunChecks, renderJobFigures, renderUndecryptable, runRewriteCommand } from './rewrite-command';
 import { formatCount, renderTable } from '../render';
+
+/** rotate's flags: the shared rewrite flags and its own. */
+interface RotateFlags extends RewriteFlags {
+  dryRun?: boolean;
+  ifOlderThan?: string;
+}
 
 export function register(program: Command, run: Runner): void {
   const cmd = program
@@ -17,7 +23,7 @@ export function register(program: Command, run: Runner): void {
     .option('--if-older-than <duration>', 'rotate only when the primary data key is older than this (e.g. 90d); else exit 0 "not due"');
   addRewriteOptions(cmd, 'rotate', { skipUndecryptable: true }, 'wait at least this long after the new key is published before the final count (application instances re-read the keyring every 30 s)');
   cmd.action(
-    run('rotate', cmd, async (ctx, _args, opts) => {
+    run('rotate', cmd, async (ctx, _args, opts: RotateFlags) => {
       const ifOlderThanMs = opts.ifOlderThan !== undefined ? parseDuration(opts.ifOlderThan, '--if-older-than') : undefined;
       const result = await runRewriteCommand(ctx, opts, 'rotating', (pool, options, events) =>
         rotate(pool, { ...options, dryRun: !!opts.dryRun, ifOlderThanMs, masterKeyRewriteHooks: masterKeyRewriteHooks(ctx.env) }, events),

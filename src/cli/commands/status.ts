@@ -10,6 +10,16 @@ import { CommandContext, Runner } from '../context';
 import { formatCount, formatTime, renderJobsTable, renderTable } from '../render';
 import { count, verb } from '../../plural';
 
+/** status's flags as commander gives them (--no-provider-check: providerCheck false). */
+interface StatusFlags {
+  check?: boolean;
+  dataDir?: string;
+  freeSpace?: string;
+  providerCheck: boolean;
+  prometheus?: boolean;
+  output?: string;
+}
+
 export function register(program: Command, run: Runner): void {
   const cmd = program
     .command('status')
@@ -21,7 +31,7 @@ export function register(program: Command, run: Runner): void {
     .option('--prometheus', 'print the figures as Prometheus metrics (text exposition format)')
     .option('--output <file>', "with --prometheus: write them to FILE atomically (for node_exporter's textfile collector)");
   cmd.action(
-    run('status', cmd, async (ctx, _args, opts) => {
+    run('status', cmd, async (ctx, _args, opts: StatusFlags) => {
       const statusOptions = {
         ...ctx.providerOptions,
         dataDir: opts.dataDir,

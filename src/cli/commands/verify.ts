@@ -23,7 +23,7 @@ export function register(program: Command, run: Runner): void {
     .option('--workers <n>', 'columns verified at once, each in a reader thread of its own', '1')
     .option('--scan-limit <n>', 'most values looked at in each unregistered text/bytea column (0: do not look)', String(DEFAULT_SCAN_BOUND));
   cmd.action(
-    run('verify', cmd, async (ctx, columns, opts) => {
+    run('verify', cmd, async (ctx, columns, opts: { workers: string; scanLimit: string }) => {
       const workers = parsePositiveInt(opts.workers, '--workers', 64);
       const scanBound = /^\s*0+\s*$/.test(String(opts.scanLimit)) ? 0 : parsePositiveInt(opts.scanLimit, '--scan-limit', 100_000_000);
       if (columns.length > 0 && opts.scanLimit !== String(DEFAULT_SCAN_BOUND)) {
