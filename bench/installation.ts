@@ -27,7 +27,31 @@ export interface Installation {
   bytes: number;
 }
 
-export async function setUp(server: { createDatabase(name: string): Promise<string> }, size: number, dir: string): Promise<Installation> {
+/**
+ * Rewrites each table with its rows in random physical order (and their TOAST chunks with
+ * them): a table that lived for years, where key order no longer follows the pages.
+ */
+async function shuffleTables(pool: Pool): Promise<void> {
+  for (const t of ['public.credentials', 'public.documents', 'public.blobs']) {
+    const c = await pool.connect();
+    try {
+      await c.query('BEGIN');
+      await c.query(`CREATE TEMP TABLE shuffled ON COMMIT DROP AS SELECT * FROM ${t} ORDER BY random()`);
+      await c.query(`TRUNCATE ${t}`);
+      await c.query(`INSERT INTO ${t} SELECT * FROM shuffled`);
+      await c.query('COMMIT');
+    } finally {
+      c.release();
+    }
+  }
+}
+
+export async function setUp(
+  server: { createDatabase(name: string): Promise<string> },
+  size: number,
+  dir: string,
+  opts: { shuffle?: boolean } = {},
+): Promise<Installation> {
   const url = await server.createDatabase(`bench_${size}`);
   const pool = new Pool({ connectionString: url, max: 6 });
   pool.on('error', () => undefined);
@@ -52,11 +76,12 @@ export async function setUp(server: { createDatabase(name: string): Promise<stri
     },
   });
   await keyring.close();
+  if (opts.shuffle) await shuffleTables(pool);
   await pool.query('VACUUM ANALYZE public.credentials, public.documents, public.blobs');
   const r = await pool.query(`SELECT
       (SELECT count(secret) + 0 FROM public.credentials) + (SELECT count(body) FROM public.documents) + (SELECT count(payload) FROM public.blobs) AS n,
       (SELECT coalesce(sum(octet_length(secret)),0) FROM public.credentials) + (SELECT sum(octet_length(body)) FROM public.documents) + (SELECT sum(octet_length(payload)) FROM public.blobs) AS b`);
-  log(`  generated ${fmt(size)} values in ${((Date.now() - t0) / 1000).toFixed(0)} s; database ${fmt((await dbSize(pool)) / MB)} MB`);
+  log(`  generated ${fmt(size)} values${opts.shuffle ? ' (rows in random physical order)' : ''} in ${((Date.now() - t0) / 1000).toFixed(0)} s; database ${fmt((await dbSize(pool)) / MB)} MB`);
   return { url, pool, masterKeyFile, shape, values: Number(r.rows[0].n), bytes: Number(r.rows[0].b) };
 }
 

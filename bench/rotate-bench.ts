@@ -26,7 +26,8 @@
  * Each measured phase starts after a CHECKPOINT. For each phase, WAL: bytes, full-page images
  * (pg_stat_wal) and, on the bench's own server, pg_waldump --stats (bench/wal-stats.ts).
  * Options: --sizes 200000,1000000  --row-sample 20000 (0: no row-by-row)  --no-limit (no limit,
- * rotate #2 nor row-by-row)  --no-again (no rotate #2)  --no-encrypt (no encrypt phase)  --keep-db  --pg-bin DIR (PostgreSQL 15 binaries of the bench's own server; default
+ * rotate #2 nor row-by-row)  --no-again (no rotate #2)  --no-encrypt (no encrypt phase)  --shuffle (rows in
+ * random physical order: key order no longer follows the pages)  --keep-db  --pg-bin DIR (PostgreSQL 15 binaries of the bench's own server; default
  * the embedded ones, /usr/lib/postgresql/15/bin has lz4 and zstd)  --set NAME=VALUE (a server
  * setting of the bench's own server, repeatable: wal_compression=zstd, max_wal_size=4GB, …).
  * --app-load: the application's view instead (bench/app-load.ts).
@@ -49,7 +50,7 @@ import { ROSEMETA_COLUMNS, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { recreateDatabase } from '../scripts/lib/embedded-postgres';
 import { EMBEDDED_BIN_DIR, LocalCluster, startPrimary } from '../scripts/lib/streaming-standby';
 import { dbSize, dropDatabase, fmt, Installation, log, MB, runRotate, setUp } from './installation';
-import { describeWal, findWaldump, heapPages, walMark, WalUsed, walSince } from './wal-stats';
+import { describeWal, findWaldump, heapPages, updateCounts, walMark, WalUsed, walSince } from './wal-stats';
 import { runAppLoad } from './app-load';
 import { benchVerify, describeVerifyBench } from './verify-bench';
 import { benchEncrypt, describeEncryptBench } from './encrypt-bench';
@@ -62,6 +63,7 @@ interface Args {
   rowSample: number;
   again: boolean;
   limit: boolean;
+  shuffle: boolean;
   keepDb: boolean;
   pgBin: string;
   settings: string[];
@@ -71,19 +73,20 @@ interface Args {
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [200_000, 1_000_000], rowSample: 20_000, again: true, limit: true, keepDb: false, pgBin: EMBEDDED_BIN_DIR, settings: [], appLoad: false, encrypt: true, rest: [] };
+  const a: Args = { sizes: [200_000, 1_000_000], rowSample: 20_000, again: true, limit: true, shuffle: false, keepDb: false, pgBin: EMBEDDED_BIN_DIR, settings: [], appLoad: false, encrypt: true, rest: [] };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--sizes') a.sizes = argv[++i].split(',').map(Number);
     else if (argv[i] === '--row-sample') a.rowSample = Number(argv[++i]);
     else if (argv[i] === '--no-again') a.again = false;
     else if (argv[i] === '--no-limit') a.limit = false;
     else if (argv[i] === '--no-encrypt') a.encrypt = false;
+    else if (argv[i] === '--shuffle') a.shuffle = true;
     else if (argv[i] === '--keep-db') a.keepDb = true;
     else if (argv[i] === '--pg-bin') a.pgBin = argv[++i];
     else if (argv[i] === '--set') a.settings.push(argv[++i]);
     else if (argv[i] === '--app-load') a.appLoad = true;
     else if (a.appLoad) a.rest.push(argv[i]);
-    else throw new Error(`unknown option ${argv[i]} (--sizes N,M --row-sample N --no-again --no-limit --no-encrypt --keep-db --pg-bin DIR --set NAME=VALUE --app-load)`);
+    else throw new Error(`unknown option ${argv[i]} (--sizes N,M --row-sample N --no-again --no-limit --no-encrypt --shuffle --keep-db --pg-bin DIR --set NAME=VALUE --app-load)`);
   }
   if (a.sizes.some((n) => !Number.isInteger(n) || n < 1000)) throw new Error('--sizes takes whole numbers ≥ 1000');
   if (a.settings.some((x) => !/^[a-z_]+=\S+$/.test(x))) throw new Error('--set takes NAME=VALUE');
@@ -279,14 +282,18 @@ async function main() {
     for (const [i, size] of args.sizes.entries()) {
       const last = i === args.sizes.length - 1;
       log(`\n== ${fmt(size)} values`);
-      const inst = await setUp(creator, size, dir);
+      const inst = await setUp(creator, size, dir, { shuffle: args.shuffle });
       if (i === 0) log(`  PostgreSQL ${await pgVersion(inst.pool)}${cluster ? ` (own server, ${args.pgBin})` : ''}; ${await walSettings(inst.pool)}`);
       const pages = await heapPages(inst.pool, BENCH_TABLES);
       log(`  tables: ${fmt(pages.heap)} heap pages, ${fmt(pages.toast)} TOAST pages; ${fmt(inst.bytes / MB)} MB of values`);
       await checkpointFirst(inst.pool);
+      const upd0 = await updateCounts(inst.pool, BENCH_TABLES);
       const wal0 = await walMark(inst.pool);
       const rot = await withSizeSampling(inst.pool, () => runRotate(inst));
       const wal = await walSince(inst.pool, wal0, waldump);
+      await new Promise((r) => setTimeout(r, 1000)); // table statistics reach the server within a second
+      const upd1 = await updateCounts(inst.pool, BENCH_TABLES);
+      const hot = { updates: upd1.updates - upd0.updates, hot: upd1.hot - upd0.hot };
       const s = rot.result.summary;
       const res: any = {
         size,
@@ -304,6 +311,8 @@ async function main() {
           growthRatio: (rot.peak - rot.start) / rot.start,
           endGrowthMb: (rot.end - rot.start) / MB,
           vacuums: s.vacuums,
+          rowUpdates: hot.updates,
+          hotUpdates: hot.hot,
           ...walResult(wal, inst.bytes, pages),
         },
       };
@@ -312,7 +321,7 @@ async function main() {
           `peak RSS ${res.rotate.peakRssMb.toFixed(0)} MB; database ${fmt(res.dbMbBefore)} MB, peak growth ${fmt(res.rotate.peakGrowthMb)} MB (${(res.rotate.growthRatio * 100).toFixed(0)} %), ` +
           `after ${fmt(res.rotate.endGrowthMb)} MB; ${s.vacuums} vacuums`,
       );
-      log(`              ${describeWal(wal, inst.bytes)}`);
+      log(`              ${describeWal(wal, inst.bytes)}; ${fmt(hot.hot)} of ${fmt(hot.updates)} row updates HOT`);
       const keyring = await openKeyring({ pool: inst.pool, masterKeyFile: inst.masterKeyFile });
       const report = await verifyRosemeta(inst.pool, keyring, inst.shape, { seed: 'bench' });
       await keyring.close();

@@ -119,3 +119,13 @@ export function describeWal(w: WalUsed, rewrittenBytes: number): string {
   }
   return parts.join('; ');
 }
+
+/** Updates and HOT updates (same page, no index entry) of the tables so far (pg_stat_user_tables). */
+export async function updateCounts(pool: Pool, tables: string[]): Promise<{ updates: number; hot: number }> {
+  await pool.query('SELECT pg_stat_clear_snapshot()');
+  const r = await pool.query(
+    `SELECT coalesce(sum(n_tup_upd), 0)::text AS u, coalesce(sum(n_tup_hot_upd), 0)::text AS h FROM pg_stat_user_tables WHERE relid = ANY($1::regclass[])`,
+    [tables],
+  );
+  return { updates: Number(r.rows[0].u), hot: Number(r.rows[0].h) };
+}
