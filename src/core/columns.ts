@@ -258,3 +258,35 @@ export async function removeColumn(db: Queryable, name: string): Promise<Encrypt
   return col;
 }
 
+/** A text or bytea column no registered column is (verify's look for forgotten envelopes). */
+export interface UnregisteredTextColumn {
+  table_schema: string;
+  table_name: string;
+  column_name: string;
+  storage: Storage;
+  removed: boolean;
+  usage: boolean;
+  can_select: boolean;
+  role: string;
+}
+
+/** text and bytea columns of ordinary tables outside the system schemas and ours that no registered column is. */
+export async function unregisteredTextColumns(db: Queryable): Promise<UnregisteredTextColumn[]> {
+  const r = await db.query<UnregisteredTextColumn>(
+    `SELECT n.nspname::text AS table_schema, c.relname::text AS table_name, a.attname::text AS column_name,
+            format_type(a.atttypid, NULL) AS storage, coalesce(ec.state = 'removed', false) AS removed,
+            has_schema_privilege(n.oid, 'USAGE') AS usage, has_column_privilege(c.oid, a.attnum, 'SELECT') AS can_select,
+            quote_ident(current_user) AS role
+       FROM pg_attribute a
+       JOIN pg_class c ON c.oid = a.attrelid
+       JOIN pg_namespace n ON n.oid = c.relnamespace
+       LEFT JOIN alation_keys.encrypted_columns ec
+              ON ec.table_schema = n.nspname AND ec.table_name = c.relname AND ec.column_name = a.attname
+      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
+        AND a.atttypid IN ('text'::regtype, 'bytea'::regtype)
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'alation_keys') AND n.nspname NOT LIKE 'pg\\_%'
+        AND (ec.state IS NULL OR ec.state = 'removed')
+      ORDER BY 1, 2, 3`,
+  );
+  return r.rows;
+}

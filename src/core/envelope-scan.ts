@@ -6,10 +6,9 @@
  * are read in SQL (envelope-sql.ts); nothing is decrypted. Columns the role may not read are
  * listed with the privilege they need, never a raw SQL error.
  */
-import { Storage } from '../crypto/envelope';
 import { headerSql, isEnvelopeSql, versionOfHeader } from '../crypto/envelope-sql';
 import { Queryable, qualifiedName, quoteIdent } from '../db/transaction';
-import { findWalkKey } from './columns';
+import { findWalkKey, unregisteredTextColumns, UnregisteredTextColumn as Candidate } from './columns';
 import { formatColumnName, formatIdentifier } from './identifiers';
 
 export const DEFAULT_SCAN_BOUND = 10_000;
@@ -42,38 +41,6 @@ export interface UnregisteredScan {
   columnsScanned: number;
   found: EnvelopesFound[];
   unreadable: UnreadableColumn[];
-}
-
-interface Candidate {
-  table_schema: string;
-  table_name: string;
-  column_name: string;
-  storage: Storage;
-  removed: boolean;
-  usage: boolean;
-  can_select: boolean;
-  role: string;
-}
-
-/** text and bytea columns of ordinary tables outside the system schemas and ours that no registered column is. */
-async function candidateColumns(db: Queryable): Promise<Candidate[]> {
-  const r = await db.query<Candidate>(
-    `SELECT n.nspname::text AS table_schema, c.relname::text AS table_name, a.attname::text AS column_name,
-            format_type(a.atttypid, NULL) AS storage, coalesce(ec.state = 'removed', false) AS removed,
-            has_schema_privilege(n.oid, 'USAGE') AS usage, has_column_privilege(c.oid, a.attnum, 'SELECT') AS can_select,
-            quote_ident(current_user) AS role
-       FROM pg_attribute a
-       JOIN pg_class c ON c.oid = a.attrelid
-       JOIN pg_namespace n ON n.oid = c.relnamespace
-       LEFT JOIN alation_keys.encrypted_columns ec
-              ON ec.table_schema = n.nspname AND ec.table_name = c.relname AND ec.column_name = a.attname
-      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND a.attnum > 0 AND NOT a.attisdropped
-        AND a.atttypid IN ('text'::regtype, 'bytea'::regtype)
-        AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'alation_keys') AND n.nspname NOT LIKE 'pg\\_%'
-        AND (ec.state IS NULL OR ec.state = 'removed')
-      ORDER BY 1, 2, 3`,
-  );
-  return r.rows;
 }
 
 function sqlString(s: string): string {
@@ -112,7 +79,7 @@ async function scanColumn(db: Queryable, c: Candidate, bound: number): Promise<E
 /** Looks at up to `bound` values of every unregistered text/bytea column for envelopes. */
 export async function scanUnregisteredColumns(db: Queryable, bound = DEFAULT_SCAN_BOUND, stop?: AbortSignal): Promise<UnregisteredScan> {
   const out: UnregisteredScan = { bound, columnsScanned: 0, found: [], unreadable: [] };
-  for (const c of await candidateColumns(db)) {
+  for (const c of await unregisteredTextColumns(db)) {
     if (stop?.aborted) break;
     const column = formatColumnName(c);
     const table = `${formatIdentifier(c.table_schema)}.${formatIdentifier(c.table_name)}`;
