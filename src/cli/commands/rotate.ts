@@ -96,5 +96,17 @@ function renderPlan(io: IOStreams, p: RotatePlan): string {
     ),
   );
   out.push(...renderDryRunChecks(io, p));
+  out.push(...renderWalEstimate(p.wal));
   return out.join('\n');
+}
+
+/** The WAL a rotation will write and the checkpoints inside it (README "Performance → WAL"). */
+function renderWalEstimate(w: RotatePlan['wal']): string[] {
+  const mb = (n: number) => `${formatCount(Math.round(n / MB))} MB`;
+  const images = w.fullPageWrites ? `one image of each page that changes ${mb(w.pageImageBytes)}` : 'no page images: full_page_writes is off';
+  const checkpoints =
+    w.checkpointsDuring === 0
+      ? `none expected (max_wal_size: one every ${mb(w.bytesBetweenCheckpoints)} of WAL)`
+      : `about ${formatCount(w.checkpointsDuring)} (max_wal_size: one every ${mb(w.bytesBetweenCheckpoints)} of WAL); after each, pages are imaged again where a table's key order does not follow its pages (README "Performance → WAL")`;
+  return [`WAL to expect: about ${mb(w.bytes)} (the new values ${mb(w.recordBytes)}, ${images})`, `checkpoints during it: ${checkpoints}`];
 }

@@ -17,6 +17,7 @@ import { PassDescription } from './pass';
 import { ColumnPlan, copyIntoStageSql, countVersions, createStageSql, VersionCount } from './plan';
 import { censusColumns, checkBackup, checkHeadroom, DEFAULT_MAX_BACKUP_AGE_MS, openProvider, planColumns } from './preflight';
 import { openTransform, Transform, valueMatch, ValueRewriter } from './transform';
+import { estimateWal, WalEstimate } from './wal-estimate';
 
 export interface DryRunOptions extends HeadroomOptions {
   skipBackupCheck?: boolean;
@@ -44,6 +45,8 @@ export interface RotatePlan {
   preflight: string[];
   sample: { rows: number; bytes: number; seconds: number };
   estimatedSeconds: number | null;
+  /** WAL the rotation will write, from measured facts (wal-estimate.ts). */
+  wal: WalEstimate;
 }
 
 const SAMPLE_ROWS = 1000;
@@ -130,12 +133,16 @@ async function rotationPlan(
   const columns: RotatePlan['columns'] = [];
   let totalRows = 0;
   let totalBytes = 0;
+  // Per table, the largest share of a column's bytes still to rewrite: that share of its pages changes.
+  const tableShares = new Map<string, number>();
   for (const [i, p] of plans.entries()) {
     const perVersion = await countVersions(pool, p);
     const { plaintext, malformed, nulls, state } = censuses[i];
     const todo = perVersion.filter((c) => c.version !== targetVersion);
     const rowsTodo = todo.reduce((s, c) => s + c.values, 0);
     const bytesTodo = todo.reduce((s, c) => s + c.bytes, 0);
+    const bytesAll = perVersion.reduce((s, c) => s + c.bytes, 0);
+    tableShares.set(p.table, Math.max(tableShares.get(p.table) ?? 0, bytesAll > 0 ? bytesTodo / bytesAll : 0));
     totalRows += rowsTodo;
     totalBytes += bytesTodo;
     columns.push({ column: p.name, storage: p.col.storage, state, rows: rowsTodo, bytes: bytesTodo, perVersion, plaintext, malformed, nulls });
@@ -157,6 +164,7 @@ async function rotationPlan(
     preflight,
     sample,
     estimatedSeconds: estimateSeconds(sample, totalRows, totalBytes),
+    wal: await estimateWal(pool, tableShares, totalBytes),
   };
 }
 
