@@ -232,7 +232,7 @@ async function startVacuumer(pool: Pool, plans: ColumnPlan[], opts: RewriteJobOp
 }
 
 /** An AbortController that also aborts with `signal`; `detach` stops listening to it. */
-function linkedStopper(signal: AbortSignal | undefined): { stopper: AbortController; detach: () => void } {
+export function linkedStopper(signal: AbortSignal | undefined): { stopper: AbortController; detach: () => void } {
   const stopper = new AbortController();
   const onSignal = () => stopper.abort();
   if (signal?.aborted) stopper.abort();

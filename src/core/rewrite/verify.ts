@@ -13,12 +13,12 @@
 import { Pool } from 'pg';
 import { requireInitialised } from '../../db/migrations';
 import { requireTablePrivileges } from '../../db/privileges';
-import { acquireAdvisoryLock, HeldLock } from '../../db/transaction';
 import { InterruptedError, UsageError } from '../../errors';
 import { ProviderOptions } from '../../kms';
 import { EncryptedColumn, findColumn, listColumns } from '../columns';
 import { DEFAULT_SCAN_BOUND, scanUnregisteredColumns, UnregisteredScan } from '../envelope-scan';
-import { createJob, describeLockHolder, finishJob, markOrphanedJobs, recordColumnCheckpoint } from '../jobs';
+import { createJob, finishJob, recordColumnCheckpoint } from '../jobs';
+import { linkedStopper, underMaintenanceLock } from './job-run';
 import { formatColumnName } from '../identifiers';
 import { readKeyring } from '../keyring';
 import { noPause, TestPause } from '../test-hooks';
@@ -252,66 +252,62 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
   const { provider, deks } = await openProvider(pool, opts.providerOptions ?? {}, rows);
   const keys = { deks: [...deks.entries()] as Array<[number, Uint8Array]>, destroyed: rows.filter((r) => r.state === 'destroyed').map((r) => r.version) };
   const workers = Math.max(1, opts.workers ?? 1);
-  const stop = new AbortController();
-  const onSignal = () => stop.abort();
-  opts.signal?.addEventListener('abort', onSignal, { once: true });
-  let lock: HeldLock | undefined;
+  const { stopper: stop, detach } = linkedStopper(opts.signal);
   let readers: ReaderThread[] = [];
   try {
-    lock = await acquireAdvisoryLock(pool, (pid) => describeLockHolder(pool, pid));
-    await markOrphanedJobs(pool, { holdingLock: true });
-    const started = Date.now();
-    // The reader threads load and connect while the columns are counted.
-    readers = Array.from({ length: Math.min(workers, Math.max(plans.length, 1)) }, () => new ReaderThread(pool).warm());
-    const totals = new Map<string, number>();
-    for (const p of plans) totals.set(p.name, (await countValues(pool, p)).values);
-    const total = [...totals.values()].reduce((a, b) => a + b, 0);
-    const job = await createJob(pool, { kind: 'verify', rowsTotal: total, actor: opts.actor, detail: { columns: {} } });
-    try {
-      await (opts.pause ?? noPause)('job-start', stop.signal);
-      events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(Math.min(workers, Math.max(plans.length, 1)), 'reader thread')}`);
-      const { columns, failures } = await verifyColumns(pool, plans, totals, keys, readers, stop, events, job.id);
-      if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped before it read every value`, { hint: 'run `alation-keys verify` again' });
-      const scanBound = opts.scanBound ?? DEFAULT_SCAN_BOUND;
-      const unregistered = opts.columns?.length || scanBound === 0 ? null : await scanUnregisteredColumns(pool, scanBound, stop.signal);
-      if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped while looking at unregistered columns`, { hint: 'run `alation-keys verify` again' });
-      const s = summaryOf(columns);
-      const secs = Math.max((Date.now() - started) / 1000, 0.001);
-      const report: VerifyReport = {
-        ok: s.failed === 0 && (unregistered?.found.length ?? 0) === 0,
-        jobId: job.id,
-        columns,
-        failures,
-        values: s.values,
-        verified: s.verified,
-        plaintext: s.plaintext,
-        failed: s.failed,
-        unregistered,
-        threads: Math.min(workers, Math.max(plans.length, 1)),
-        durationSeconds: Math.round(secs * 10) / 10,
-        valuesPerSecond: Math.round(s.values / secs),
-        megabytesPerSecond: Math.round((s.bytes / 1048576 / secs) * 10) / 10,
-      };
-      const found = unregistered?.found.map((f) => `${f.column}: ${f.envelopes}`) ?? [];
-      const problems = [
-        ...(s.failed > 0 ? [`${countOf(s.failed, 'value')} failed to decrypt (${Object.entries(s.failedByReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`] : []),
-        ...(found.length > 0 ? [`envelopes in unregistered columns (${found.join(', ')})`] : []),
-      ];
-      await finishJob(pool, job.id, report.ok ? 'succeeded' : 'failed', problems.length ? problems.join('; ') : undefined, {
-        summary: { values: s.values, verified: s.verified, plaintext: s.plaintext, failed: s.failed, failedByReason: s.failedByReason, durationSeconds: report.durationSeconds },
-        failures: failures.slice(0, FAILURES_IN_JOB),
-        failuresOmitted: Math.max(failures.length - FAILURES_IN_JOB, 0),
-        unregistered,
-      });
-      return report;
-    } catch (err) {
-      await finishJob(pool, job.id, err instanceof InterruptedError ? 'interrupted' : 'failed', (err as Error).message).catch(() => undefined);
-      throw err;
-    }
+    return await underMaintenanceLock(pool, async () => {
+      const started = Date.now();
+      // The reader threads load and connect while the columns are counted.
+      readers = Array.from({ length: Math.min(workers, Math.max(plans.length, 1)) }, () => new ReaderThread(pool).warm());
+      const totals = new Map<string, number>();
+      for (const p of plans) totals.set(p.name, (await countValues(pool, p)).values);
+      const total = [...totals.values()].reduce((a, b) => a + b, 0);
+      const job = await createJob(pool, { kind: 'verify', rowsTotal: total, actor: opts.actor, detail: { columns: {} } });
+      try {
+        await (opts.pause ?? noPause)('job-start', stop.signal);
+        events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(Math.min(workers, Math.max(plans.length, 1)), 'reader thread')}`);
+        const { columns, failures } = await verifyColumns(pool, plans, totals, keys, readers, stop, events, job.id);
+        if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped before it read every value`, { hint: 'run `alation-keys verify` again' });
+        const scanBound = opts.scanBound ?? DEFAULT_SCAN_BOUND;
+        const unregistered = opts.columns?.length || scanBound === 0 ? null : await scanUnregisteredColumns(pool, scanBound, stop.signal);
+        if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped while looking at unregistered columns`, { hint: 'run `alation-keys verify` again' });
+        const s = summaryOf(columns);
+        const secs = Math.max((Date.now() - started) / 1000, 0.001);
+        const report: VerifyReport = {
+          ok: s.failed === 0 && (unregistered?.found.length ?? 0) === 0,
+          jobId: job.id,
+          columns,
+          failures,
+          values: s.values,
+          verified: s.verified,
+          plaintext: s.plaintext,
+          failed: s.failed,
+          unregistered,
+          threads: Math.min(workers, Math.max(plans.length, 1)),
+          durationSeconds: Math.round(secs * 10) / 10,
+          valuesPerSecond: Math.round(s.values / secs),
+          megabytesPerSecond: Math.round((s.bytes / 1048576 / secs) * 10) / 10,
+        };
+        const found = unregistered?.found.map((f) => `${f.column}: ${f.envelopes}`) ?? [];
+        const problems = [
+          ...(s.failed > 0 ? [`${countOf(s.failed, 'value')} failed to decrypt (${Object.entries(s.failedByReason).map(([r, n]) => `${r}: ${n}`).join(', ')})`] : []),
+          ...(found.length > 0 ? [`envelopes in unregistered columns (${found.join(', ')})`] : []),
+        ];
+        await finishJob(pool, job.id, report.ok ? 'succeeded' : 'failed', problems.length ? problems.join('; ') : undefined, {
+          summary: { values: s.values, verified: s.verified, plaintext: s.plaintext, failed: s.failed, failedByReason: s.failedByReason, durationSeconds: report.durationSeconds },
+          failures: failures.slice(0, FAILURES_IN_JOB),
+          failuresOmitted: Math.max(failures.length - FAILURES_IN_JOB, 0),
+          unregistered,
+        });
+        return report;
+      } catch (err) {
+        await finishJob(pool, job.id, err instanceof InterruptedError ? 'interrupted' : 'failed', (err as Error).message).catch(() => undefined);
+        throw err;
+      }
+    });
   } finally {
-    opts.signal?.removeEventListener('abort', onSignal);
+    detach();
     await Promise.all(readers.map((r) => r.close()));
-    await lock?.release();
     // Key material is not left in memory longer than the job needs it (also when the lock was refused).
     for (const k of deks.values()) k.fill(0);
     provider.dispose();
