@@ -56,6 +56,20 @@ export async function findColumn(db: Queryable, name: string): Promise<Encrypted
   return row && row.state !== 'removed' ? row : undefined;
 }
 
+/**
+ * The registered columns `names` names, each once, in the order named; a name that is not
+ * registered is a UsageError with `hint(name)`.
+ */
+export async function requireRegisteredColumns(db: Queryable, names: string[], hint: (name: string) => string): Promise<EncryptedColumn[]> {
+  const out: EncryptedColumn[] = [];
+  for (const name of names) {
+    const col = await findColumn(db, name);
+    if (!col) throw new UsageError(`column ${name} is not registered`, { hint: hint(name) });
+    if (!out.some((c) => formatColumnName(c) === formatColumnName(col))) out.push(col);
+  }
+  return out;
+}
+
 /** The column whose row holds `context`, in any state. */
 async function findContextOwner(db: Queryable, context: string): Promise<EncryptedColumn | undefined> {
   const r = await db.query<EncryptedColumn>(`SELECT ${COLUMN_FIELDS} FROM alation_keys.encrypted_columns WHERE context = $1`, [context]);

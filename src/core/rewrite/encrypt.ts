@@ -21,9 +21,9 @@ import { Pool } from 'pg';
 import { requireInitialised } from '../../db/migrations';
 import { requireTablePrivileges, requireTemporaryTables } from '../../db/privileges';
 import { withTransaction } from '../../db/transaction';
-import { IntegrityError, OperationError, PreconditionError, UsageError } from '../../errors';
+import { IntegrityError, OperationError, PreconditionError } from '../../errors';
 import { ColumnCensus } from '../census';
-import { changeColumnState, EncryptedColumn, findColumn, listColumns } from '../columns';
+import { changeColumnState, EncryptedColumn, findColumn, listColumns, requireRegisteredColumns } from '../columns';
 import { formatColumnName } from '../identifiers';
 import { createJob, JobRecord, listJobs, reopenJob } from '../jobs';
 import { primaryOf, readKeyring } from '../keyring';
@@ -80,16 +80,12 @@ export type EncryptResult = EncryptSummary | NothingToEncrypt | EncryptPlan;
 /** The columns to encrypt: those named (registered, not `decrypting`), else every `encrypting` one. */
 async function selectColumns(pool: Pool, names: string[] | undefined): Promise<EncryptedColumn[]> {
   if (!names || names.length === 0) return (await listColumns(pool)).filter((c) => c.state === 'encrypting');
-  const out: EncryptedColumn[] = [];
-  for (const name of names) {
-    const col = await findColumn(pool, name);
-    if (!col) throw new UsageError(`column ${name} is not registered`, { hint: `register it first: \`alation-keys columns add ${name}\`` });
-    if (col.state === 'decrypting') {
-      throw new PreconditionError(`${formatColumnName(col)} is decrypting`, { hint: `finish that first: \`alation-keys decrypt ${formatColumnName(col)}\`` });
-    }
-    if (!out.some((c) => formatColumnName(c) === formatColumnName(col))) out.push(col);
+  const cols = await requireRegisteredColumns(pool, names, (name) => `register it first: \`alation-keys columns add ${name}\``);
+  const decrypting = cols.find((c) => c.state === 'decrypting');
+  if (decrypting) {
+    throw new PreconditionError(`${formatColumnName(decrypting)} is decrypting`, { hint: `finish that first: \`alation-keys decrypt ${formatColumnName(decrypting)}\`` });
   }
-  return out;
+  return cols;
 }
 
 /**

@@ -13,13 +13,12 @@
 import { Pool } from 'pg';
 import { requireInitialised } from '../../db/migrations';
 import { requireTablePrivileges } from '../../db/privileges';
-import { InterruptedError, UsageError } from '../../errors';
+import { InterruptedError } from '../../errors';
 import { ProviderOptions } from '../../kms';
-import { EncryptedColumn, findColumn, listColumns } from '../columns';
+import { EncryptedColumn, listColumns, requireRegisteredColumns } from '../columns';
 import { DEFAULT_SCAN_BOUND, scanUnregisteredColumns, UnregisteredScan } from '../envelope-scan';
 import { createJob, finishJob, recordColumnCheckpoint } from '../jobs';
 import { linkedStopper, underMaintenanceLock } from './job-run';
-import { formatColumnName } from '../identifiers';
 import { readKeyring } from '../keyring';
 import { noPause, TestPause } from '../test-hooks';
 import { ColumnProgress, RewriteEvents } from './engine';
@@ -97,13 +96,7 @@ export interface VerifyReport {
 /** The columns to verify: the named ones (each must be registered), else every registered one. */
 async function chooseColumns(pool: Pool, names: string[] | undefined): Promise<EncryptedColumn[]> {
   if (!names || names.length === 0) return listColumns(pool);
-  const out: EncryptedColumn[] = [];
-  for (const name of names) {
-    const col = await findColumn(pool, name);
-    if (!col) throw new UsageError(`column ${name} is not registered`, { hint: 'see `alation-keys columns list`' });
-    if (!out.some((c) => formatColumnName(c) === formatColumnName(col))) out.push(col);
-  }
-  return out;
+  return requireRegisteredColumns(pool, names, () => 'see `alation-keys columns list`');
 }
 
 function emptyVerification(p: ColumnPlan): ColumnVerification {
