@@ -110,12 +110,16 @@ export class StandbyGate implements ChunkPacer {
     const timeoutMs = this.opts.replicaTimeoutMs ?? DEFAULT_REPLICA_TIMEOUT_MS;
     const t0 = Date.now();
     let lastReport = 0;
+    // Set when the first check finds a standby behind: only real waits count as throttled, not
+    // the one check every chunk makes.
+    let waitingSince: number | undefined;
     for (;;) {
       const snapshot = await readReplication(this.pool);
       const now = Date.now();
       this.addSample({ at: now, position: snapshot.walPosition });
       const behind = this.standbysBehind(snapshot, maxLagMs, now);
       if (behind.length === 0 || signal.aborted) break;
+      waitingSince ??= now;
       if (now - t0 > timeoutMs) {
         throw new PreconditionError(`gave up waiting for ${behind.join('; ')} after ${Math.round(timeoutMs / 1000)} s (--replica-timeout)`, {
           hint: 'bring the standby back (or leave it out with --replica NAME), then run the command again: the job resumes where it stopped',
@@ -127,7 +131,7 @@ export class StandbyGate implements ChunkPacer {
       }
       await sleep(POLL_MS, signal);
     }
-    this.throttled.replicaLagMs += Date.now() - t0;
+    if (waitingSince !== undefined) this.throttled.replicaLagMs += Date.now() - waitingSince;
   }
 
   /** Descriptions of the watched standbys that are gone or over the bound. */
