@@ -244,21 +244,22 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
   const rows = await readKeyring(pool);
   const { provider, deks } = await openProvider(pool, opts.providerOptions ?? {}, rows);
   const keys = { deks: [...deks.entries()] as Array<[number, Uint8Array]>, destroyed: rows.filter((r) => r.state === 'destroyed').map((r) => r.version) };
-  const workers = Math.max(1, opts.workers ?? 1);
+  // One reader thread per worker, no more than there are columns.
+  const threads = Math.min(Math.max(1, opts.workers ?? 1), Math.max(plans.length, 1));
   const { stopper: stop, detach } = linkedStopper(opts.signal);
   let readers: ReaderThread[] = [];
   try {
     return await underMaintenanceLock(pool, async () => {
       const started = Date.now();
       // The reader threads load and connect while the columns are counted.
-      readers = Array.from({ length: Math.min(workers, Math.max(plans.length, 1)) }, () => new ReaderThread(pool).warm());
+      readers = Array.from({ length: threads }, () => new ReaderThread(pool).warm());
       const totals = new Map<string, number>();
       for (const p of plans) totals.set(p.name, (await countValues(pool, p)).values);
       const total = [...totals.values()].reduce((a, b) => a + b, 0);
       const job = await createJob(pool, { kind: 'verify', rowsTotal: total, actor: opts.actor, detail: { columns: {} } });
       try {
         await (opts.pause ?? noPause)('job-start', stop.signal);
-        events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(Math.min(workers, Math.max(plans.length, 1)), 'reader thread')}`);
+        events.info?.(`job ${job.id}: verifying ${countOf(plans.length, 'column')}, ${countOf(total, 'value', 'values', (n) => n.toLocaleString('en-US'))}, ${countOf(threads, 'reader thread')}`);
         const { columns, failures } = await verifyColumns(pool, plans, totals, keys, readers, stop, events, job.id);
         if (stop.signal.aborted) throw new InterruptedError(`interrupted: verify job ${job.id} stopped before it read every value`, { hint: 'run `alation-keys verify` again' });
         const scanBound = opts.scanBound ?? DEFAULT_SCAN_BOUND;
@@ -276,7 +277,7 @@ export async function verify(pool: Pool, opts: VerifyOptions = {}, events: Rewri
           plaintext: s.plaintext,
           failed: s.failed,
           unregistered,
-          threads: Math.min(workers, Math.max(plans.length, 1)),
+          threads,
           durationSeconds: Math.round(secs * 10) / 10,
           valuesPerSecond: Math.round(s.values / secs),
           megabytesPerSecond: Math.round((s.bytes / 1048576 / secs) * 10) / 10,
