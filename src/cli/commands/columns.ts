@@ -5,7 +5,7 @@ import { countVersions } from '../../core/status';
 import { requireInitialised } from '../../db/migrations';
 import { PreconditionError, UsageError } from '../../errors';
 import { Runner } from '../context';
-import { formatTime, renderTable } from '../render';
+import { formatCount, formatTime, renderTable } from '../render';
 import { renderColumnCensus } from './status';
 import { count, noun } from '../../plural';
 
@@ -54,7 +54,7 @@ export function register(program: Command, run: Runner): void {
       ctx.io.print(`registered ${display} (${column.storage}, walked by ${column.key_columns.join(', ')}, context "${column.context}"): ${column.state}`);
       if (next) {
         ctx.io.print(
-          `it holds ${count(plaintext, 'plaintext value')}: the library now writes envelopes and still reads the plaintext; encrypt it in place with \`${next}\``,
+          `it holds ${count(plaintext, 'plaintext value', 'plaintext values', formatCount)}: the library now writes envelopes and still reads the plaintext; encrypt it in place with \`${next}\``,
         );
       }
     }),
