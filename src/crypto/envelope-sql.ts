@@ -23,6 +23,17 @@ export function isEnvelopeSql(storage: Storage, value: string): string {
   return `(substring(${value} FROM 1 FOR ${TEXT_PREFIX.length}) = '${TEXT_PREFIX}')`;
 }
 
+/**
+ * The leading part of a value that isEnvelopeSql and headerSql read: the header's bytes (bytea)
+ * or `ak1:` and the base64 characters that decode to it (text). A scan takes it once per row
+ * (one TOAST slice fetch for a large value) and evaluates both on it, instead of fetching a
+ * slice for every substring (measured: the census and the per-version counts take half the time).
+ */
+export function headerPrefixSql(storage: Storage, value: string): string {
+  const n = storage === 'bytea' ? HEADER_LENGTH : TEXT_PREFIX.length + HEADER_BASE64_CHARS;
+  return `substring(${value} FROM 1 FOR ${n})`;
+}
+
 /** The 7-byte envelope header of a value as bytea (NULL when a text value cannot hold one). */
 export function headerSql(storage: Storage, value: string): string {
   if (storage === 'bytea') return `substring(${value} FROM 1 FOR ${HEADER_LENGTH})`;

@@ -6,7 +6,7 @@ import { Queryable, qualifiedName, quoteIdent } from '../../db/transaction';
 import { PreconditionError } from '../../errors';
 import { EncryptedColumn, requireColumnType } from '../columns';
 import { formatColumnName } from '../identifiers';
-import { headerLiteralSql, storedPrefixLength as envelopePrefixLength, versionOfHeader } from '../../crypto/envelope-sql';
+import { headerLiteralSql, headerPrefixSql, headerSql, storedPrefixLength as envelopePrefixLength, versionOfHeader } from '../../crypto/envelope-sql';
 import { headerExpr } from '../value-sql';
 import { noun } from '../../plural';
 
@@ -210,14 +210,23 @@ export async function countValues(db: Queryable, p: ColumnPlan): Promise<{ value
   return { values: Number(r.rows[0].n), bytes: Number(r.rows[0].bytes ?? 0) };
 }
 
+/**
+ * Values and bytes per raw header of a column's non-NULL values, in one scan; the header is
+ * read from the value's prefix taken once per row (OFFSET 0 keeps the planner from repeating
+ * it): one TOAST slice fetch per large value.
+ */
+export function countVersionsSql(p: ColumnPlan): string {
+  const v = quoteIdent(p.col.column_name);
+  return `SELECT ${headerSql(p.col.storage, 'p')} AS h, count(*) AS n, sum(len)::bigint AS bytes
+       FROM (SELECT ${headerPrefixSql(p.col.storage, v)} AS p, octet_length(${v}) AS len
+               FROM ${p.table} WHERE ${v} IS NOT NULL OFFSET 0) AS s
+      GROUP BY 1`;
+}
+
 /** Values (non-NULL) and stored bytes per DEK version (NULL version = not a well-formed envelope). */
 export async function countVersions(db: Queryable, p: ColumnPlan): Promise<VersionCount[]> {
-  const v = quoteIdent(p.col.column_name);
-  // Grouped by the raw header (evaluated once per row); versions are read here.
-  const r = await db.query<{ h: Buffer | null; n: string; bytes: string | null }>(
-    `SELECT ${headerExpr(p.col)} AS h, count(*) AS n, sum(octet_length(${v}))::bigint AS bytes
-       FROM ${p.table} WHERE ${v} IS NOT NULL GROUP BY 1`,
-  );
+  // Grouped by the raw header; versions are read here.
+  const r = await db.query<{ h: Buffer | null; n: string; bytes: string | null }>(countVersionsSql(p));
   const by = new Map<number | null, VersionCount>();
   for (const row of r.rows) {
     const h = row.h;
