@@ -17,6 +17,7 @@
  *
  * Options (after --app-load): --values N (150000)  --rate OPS/S (200)  --connections N (4)
  * --before S (10)  --max-rate N (3000)  --replica-lag D (5s)  --replay-duty PCT (25)
+ * --batch-size N (every rotation's; default rotate's)  --timeline (p99 per second of a rotation)
  * --only default,max-rate,replica-lag,slow,slow-replica-lag.
  */
 import * as fs from 'node:fs';
@@ -40,10 +41,14 @@ export interface AppLoadArgs {
   replicaLag: string;
   replayDuty: number;
   only: Scenario[];
+  /** --batch-size for every rotation (else rotate's default). */
+  batchSize?: number;
+  /** Print p99 and max latency per second of each rotation. */
+  timeline: boolean;
 }
 
 export function parseAppLoadArgs(argv: string[]): AppLoadArgs {
-  const a: AppLoadArgs = { values: 150_000, rate: 200, connections: 4, beforeSeconds: 10, maxRate: 3000, replicaLag: '5s', replayDuty: 25, only: [...SCENARIOS] };
+  const a: AppLoadArgs = { values: 150_000, rate: 200, connections: 4, beforeSeconds: 10, maxRate: 3000, replicaLag: '5s', replayDuty: 25, only: [...SCENARIOS], timeline: false };
   const num = (flag: string, v: string | undefined, min: number) => {
     const n = Number(v);
     if (!Number.isFinite(n) || n < min) throw new Error(`${flag} takes a number ≥ ${min}, got ${v}`);
@@ -58,12 +63,14 @@ export function parseAppLoadArgs(argv: string[]): AppLoadArgs {
     else if (f === '--max-rate') a.maxRate = num(f, argv[++i], 1);
     else if (f === '--replica-lag') a.replicaLag = argv[++i];
     else if (f === '--replay-duty') a.replayDuty = num(f, argv[++i], 1);
+    else if (f === '--batch-size') a.batchSize = num(f, argv[++i], 1);
+    else if (f === '--timeline') a.timeline = true;
     else if (f === '--only') {
       const names = String(argv[++i]).split(',');
       const bad = names.filter((n) => !(SCENARIOS as readonly string[]).includes(n));
       if (bad.length) throw new Error(`--only takes ${SCENARIOS.join(',')}; not ${bad.join(',')}`);
       a.only = names as Scenario[];
-    } else throw new Error(`unknown --app-load option ${f} (--values --rate --connections --before --max-rate --replica-lag --replay-duty --only)`);
+    } else throw new Error(`unknown --app-load option ${f} (--values --rate --connections --before --max-rate --replica-lag --replay-duty --batch-size --timeline --only)`);
   }
   return a;
 }
@@ -77,6 +84,8 @@ export function percentile(sorted: number[], q: number): number {
 interface OpSample {
   kind: 'read' | 'update';
   ms: number;
+  /** When it was scheduled (performance.now()). */
+  at: number;
 }
 
 export interface LatencySummary {
@@ -112,9 +121,64 @@ const APP_COLUMNS: Array<{ column: RosemetaColumn; table: string; field: string 
   { column: BLOBS, table: 'public.blobs', field: 'payload' },
 ];
 
+/** The application stand-in's application_name, so its sessions can be told apart. */
+const APP_NAME = 'bench-application';
+
+/** What the application's sessions were doing while active, as shares of samples. */
+export interface WaitBreakdown {
+  samples: number;
+  /** "CPU" (active, no wait event) or "type:event", with its share of the active samples. */
+  shares: Array<{ event: string; share: number }>;
+}
+
+/**
+ * Samples pg_stat_activity every 10 ms for the application's active sessions and counts
+ * their wait events (no wait event: on CPU, or waiting for the CPU), to say what the
+ * application's queries waited for during the rotation.
+ */
+class WaitSampler {
+  private counts = new Map<string, number>();
+  private samples = 0;
+  private running = true;
+  private loop: Promise<void>;
+  constructor(private readonly client: Client) {
+    this.loop = this.run();
+  }
+  private async run(): Promise<void> {
+    while (this.running) {
+      try {
+        const r = await this.client.query(
+          `SELECT coalesce(wait_event_type || ':' || wait_event, 'CPU') AS w FROM pg_stat_activity
+            WHERE application_name = $1 AND state = 'active'`,
+          [APP_NAME],
+        );
+        for (const row of r.rows) {
+          this.counts.set(row.w, (this.counts.get(row.w) ?? 0) + 1);
+          this.samples++;
+        }
+      } catch {
+        /* a sample lost */
+      }
+      await sleep(10);
+    }
+  }
+  async stop(): Promise<WaitBreakdown> {
+    this.running = false;
+    await this.loop;
+    const shares = [...this.counts].map(([event, n]) => ({ event, share: n / Math.max(this.samples, 1) })).sort((a, b) => b.share - a.share);
+    return { samples: this.samples, shares };
+  }
+}
+
+function describeWaits(w: WaitBreakdown): string {
+  const top = w.shares.slice(0, 6).map((x) => `${x.event} ${(x.share * 100).toFixed(0)} %`);
+  return `application sessions, while active (${fmt(w.samples)} samples): ${top.join(', ')}`;
+}
+
 /** The application stand-in: fixed-rate reads and updates through the library. */
 class AppWorkload {
   private samples: OpSample[] = [];
+  lastSamples: OpSample[] = [];
   private errors: string[] = [];
   private running = false;
   private loop: Promise<void> | undefined;
@@ -128,7 +192,7 @@ class AppWorkload {
   ) {}
 
   static async open(inst: Installation, rate: number, connections: number): Promise<AppWorkload> {
-    const pool = new Pool({ connectionString: inst.url, max: connections });
+    const pool = new Pool({ connectionString: inst.url, max: connections, application_name: APP_NAME });
     pool.on('error', () => undefined);
     // Re-read the keyring every 2 s (the rotation's --settle-time is 5 s here, 35 s by default).
     const keyring = await openKeyring({ pool, masterKeyFile: inst.masterKeyFile, refreshSeconds: 2 });
@@ -142,6 +206,7 @@ class AppWorkload {
 
   /** Samples and errors since the last call. */
   take(): LatencySummary {
+    this.lastSamples = this.samples;
     const s = summarise(this.samples, this.errors);
     this.samples = [];
     this.errors = [];
@@ -171,7 +236,7 @@ class AppWorkload {
         const sealed = await this.keyring.encrypt(expected as any, c.column);
         await this.pool.query(`UPDATE ${c.table} SET ${c.field} = $1 WHERE id = $2`, [sealed, id]);
       }
-      this.samples.push({ kind, ms: performance.now() - scheduled });
+      this.samples.push({ kind, ms: performance.now() - scheduled, at: scheduled });
     } catch (err) {
       this.errors.push(`${kind}: ${(err as Error).message}`);
     }
@@ -320,12 +385,29 @@ interface ScenarioResult {
   before: LatencySummary;
   during: LatencySummary;
   lag: LagSummary;
+  waitsBefore: WaitBreakdown;
+  waitsDuring: WaitBreakdown;
 }
 
 function optionsFor(s: Scenario, a: AppLoadArgs): string[] {
   if (s === 'max-rate') return ['--max-rate', String(a.maxRate)];
   if (s === 'replica-lag' || s === 'slow-replica-lag') return ['--max-replica-lag', a.replicaLag];
   return [];
+}
+
+/** Per second of the rotation: operations, p99 and max latency (--timeline). */
+function describeTimeline(samples: OpSample[], start: number): string {
+  const buckets = new Map<number, number[]>();
+  for (const x of samples) {
+    const sec = Math.floor((x.at - start) / 1000);
+    if (!buckets.has(sec)) buckets.set(sec, []);
+    buckets.get(sec)!.push(x.ms);
+  }
+  const lines = [...buckets.keys()].sort((a, b) => a - b).map((sec) => {
+    const v = buckets.get(sec)!.sort((a, b) => a - b);
+    return `    ${String(sec).padStart(3)} s: ${String(v.length).padStart(4)} ops, p99 ${ms(percentile(v, 0.99))} ms, max ${ms(v[v.length - 1])} ms`;
+  });
+  return ['  timeline (seconds since the rotation started):', ...lines].join('\n');
 }
 
 const ms = (n: number) => (Number.isFinite(n) ? n.toFixed(n < 10 ? 1 : 0) : '–');
@@ -337,37 +419,47 @@ function describeLatency(l: LatencySummary): string {
 async function runScenario(cluster: PrimaryWithStandby, inst: Installation, app: AppWorkload, s: Scenario, a: AppLoadArgs): Promise<ScenarioResult> {
   await cluster.waitForCatchUp(300_000);
   await inst.pool.query('CHECKPOINT');
-  const options = optionsFor(s, a);
+  const options = [...optionsFor(s, a), ...(a.batchSize ? ['--batch-size', String(a.batchSize)] : [])];
   log(`\n-- ${s}: rotate ${options.join(' ') || '(default settings)'}${s.startsWith('slow') ? `, standby replaying ${a.replayDuty} % of each second` : ''}`);
-  app.take();
-  await sleep(a.beforeSeconds * 1000);
-  const before = app.take();
-  log(`  before:  ${describeLatency(before)}`);
   const primary = new Client({ connectionString: cluster.primary.adminUrl });
   const standby = new Client({ connectionString: cluster.standbyUrl('postgres') });
   const control = new Client({ connectionString: cluster.standbyUrl('postgres') });
-  await Promise.all([primary.connect(), standby.connect(), control.connect()]);
+  const watcher = new Client({ connectionString: cluster.primary.adminUrl });
+  await Promise.all([primary.connect(), standby.connect(), control.connect(), watcher.connect()]);
+  app.take();
+  let waits = new WaitSampler(watcher);
+  await sleep(a.beforeSeconds * 1000);
+  const before = app.take();
+  const waitsBefore = await waits.stop();
+  log(`  before:  ${describeLatency(before)}`);
+  log(`           ${describeWaits(waitsBefore)}`);
+  waits = new WaitSampler(watcher);
   const slow = s.startsWith('slow') ? new SlowReplay(control, a.replayDuty) : undefined;
   const sampler = new LagSampler(primary, standby);
   let rot: Awaited<ReturnType<typeof runRotate>>;
+  let rotationStart = 0;
   let lag: LagSummary;
   try {
+    rotationStart = performance.now();
     rot = await runRotate(inst, options, '5s');
   } finally {
     await slow?.stop();
     lag = await sampler.stop();
-    await Promise.all([primary.end(), standby.end(), control.end()]);
   }
   const during = app.take();
+  const waitsDuring = await waits.stop();
+  await Promise.all([primary.end(), standby.end(), control.end(), watcher.end()]);
+  if (a.timeline) log(describeTimeline(app.lastSamples, rotationStart));
   const waited = rot.summary.throttled ? rot.summary.throttled.replicaLagMs / 1000 : null;
   log(`  during:  ${describeLatency(during)}`);
+  log(`           ${describeWaits(waitsDuring)}`);
   log(`  rotation ${rot.seconds.toFixed(1)} s (${fmt(inst.values / rot.seconds)} values/s, --settle-time 5s included)${waited ? `, waited ${waited.toFixed(1)} s for the standby` : ''}`);
   log(
     `  standby: lag max ${lag.maxSeconds.toFixed(2)} s, p99 ${lag.p99Seconds.toFixed(2)} s (${lag.samples} samples every 250 ms); ` +
       `max ${fmt(lag.maxBytes / 1024 / 1024, 1)} MB behind; replay_lag max ${lag.maxReplayLagSeconds === null ? '–' : lag.maxReplayLagSeconds.toFixed(2) + ' s'}`,
   );
   if (process.env.BENCH_VERBOSE) log(rot.stderr);
-  return { scenario: s, options, rotationSeconds: rot.seconds, valuesPerSecond: inst.values / rot.seconds, waitedForStandbySeconds: waited, before, during, lag };
+  return { scenario: s, options, rotationSeconds: rot.seconds, valuesPerSecond: inst.values / rot.seconds, waitedForStandbySeconds: waited, before, during, lag, waitsBefore, waitsDuring };
 }
 
 export async function runAppLoad(argv: string[], o: { dir: string; pgBin: string; settings: string[] }): Promise<void> {

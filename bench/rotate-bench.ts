@@ -29,7 +29,8 @@
  * rotate #2 nor row-by-row)  --no-again (no rotate #2)  --no-encrypt (no encrypt phase)  --shuffle (rows in
  * random physical order: key order no longer follows the pages)  --keep-db  --pg-bin DIR (PostgreSQL 15 binaries of the bench's own server; default
  * the embedded ones, /usr/lib/postgresql/15/bin has lz4 and zstd)  --set NAME=VALUE (a server
- * setting of the bench's own server, repeatable: wal_compression=zstd, max_wal_size=4GB, …).
+ * setting of the bench's own server, repeatable: wal_compression=zstd, max_wal_size=4GB, …)
+ * --batch-size N (values per chunk for rotate and the limit alike; default rotate's).
  * --app-load: the application's view instead (bench/app-load.ts).
  * Uses $BENCH_DATABASE_URL (a server where it may create databases) or its own PostgreSQL 15
  * with stock settings (plus --set) in a temporary directory; results in $BENCH_DIR (default
@@ -46,6 +47,7 @@ import { openKeyring } from '../src/core/keyring-client';
 import { copyRowsOut } from '../src/core/rewrite/chunk-reader';
 import { CopyRow, encodeCopyBinary } from '../src/core/rewrite/copy-binary';
 import { Vacuumer } from '../src/core/rewrite/vacuum';
+import { DEFAULT_BATCH_SIZE } from '../src/core/rewrite/job-run';
 import { ROSEMETA_COLUMNS, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { recreateDatabase } from '../scripts/lib/embedded-postgres';
 import { EMBEDDED_BIN_DIR, LocalCluster, startPrimary } from '../scripts/lib/streaming-standby';
@@ -55,7 +57,6 @@ import { runAppLoad } from './app-load';
 import { benchVerify, describeVerifyBench } from './verify-bench';
 import { benchEncrypt, describeEncryptBench } from './encrypt-bench';
 
-const BATCH = 1000;
 const CHUNK_BYTES = 8 * MB;
 
 interface Args {
@@ -70,10 +71,12 @@ interface Args {
   appLoad: boolean;
   encrypt: boolean;
   rest: string[];
+  /** Values per chunk, for rotate and for the limit alike. */
+  batchSize: number;
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizes: [200_000, 1_000_000], rowSample: 20_000, again: true, limit: true, shuffle: false, keepDb: false, pgBin: EMBEDDED_BIN_DIR, settings: [], appLoad: false, encrypt: true, rest: [] };
+  const a: Args = { sizes: [200_000, 1_000_000], rowSample: 20_000, again: true, limit: true, shuffle: false, keepDb: false, pgBin: EMBEDDED_BIN_DIR, settings: [], appLoad: false, encrypt: true, rest: [], batchSize: DEFAULT_BATCH_SIZE };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === '--sizes') a.sizes = argv[++i].split(',').map(Number);
     else if (argv[i] === '--row-sample') a.rowSample = Number(argv[++i]);
@@ -84,11 +87,13 @@ function parseArgs(argv: string[]): Args {
     else if (argv[i] === '--keep-db') a.keepDb = true;
     else if (argv[i] === '--pg-bin') a.pgBin = argv[++i];
     else if (argv[i] === '--set') a.settings.push(argv[++i]);
+    else if (argv[i] === '--batch-size') a.batchSize = Number(argv[++i]);
     else if (argv[i] === '--app-load') a.appLoad = true;
     else if (a.appLoad) a.rest.push(argv[i]);
-    else throw new Error(`unknown option ${argv[i]} (--sizes N,M --row-sample N --no-again --no-limit --no-encrypt --shuffle --keep-db --pg-bin DIR --set NAME=VALUE --app-load)`);
+    else throw new Error(`unknown option ${argv[i]} (--sizes N,M --row-sample N --no-again --no-limit --no-encrypt --shuffle --keep-db --pg-bin DIR --set NAME=VALUE --batch-size N --app-load)`);
   }
   if (a.sizes.some((n) => !Number.isInteger(n) || n < 1000)) throw new Error('--sizes takes whole numbers ≥ 1000');
+  if (!Number.isInteger(a.batchSize) || a.batchSize < 1) throw new Error('--batch-size takes a whole number ≥ 1');
   if (a.settings.some((x) => !/^[a-z_]+=\S+$/.test(x))) throw new Error('--set takes NAME=VALUE');
   return a;
 }
@@ -136,7 +141,7 @@ const TABLES = [
 ];
 
 /** The same rewrite without cryptography: the limit of the write path. */
-export async function referencePipeline(pool: Pool): Promise<{ seconds: number; rows: number; bytes: number; vacuums: number }> {
+export async function referencePipeline(pool: Pool, batch = DEFAULT_BATCH_SIZE): Promise<{ seconds: number; rows: number; bytes: number; vacuums: number }> {
   const t0 = Date.now();
   let rows = 0;
   let bytes = 0;
@@ -150,7 +155,7 @@ export async function referencePipeline(pool: Pool): Promise<{ seconds: number; 
         let after = -1;
         let chunk: { rows: CopyRow[]; lo: string; hi: string; bytes: number } | null = null;
         for (;;) {
-          const sql = `COPY (SELECT id::text AS k0, ${t.column} AS v FROM ${t.table} AS t WHERE id > ${after} AND ${t.column} IS NOT NULL ORDER BY t.id LIMIT ${BATCH * 4}) TO STDOUT (FORMAT binary)`;
+          const sql = `COPY (SELECT id::text AS k0, ${t.column} AS v FROM ${t.table} AS t WHERE id > ${after} AND ${t.column} IS NOT NULL ORDER BY t.id LIMIT ${batch * 4}) TO STDOUT (FORMAT binary)`;
           let n = 0;
           for await (const f of copyRowsOut(reader, sql)) {
             n++;
@@ -161,13 +166,13 @@ export async function referencePipeline(pool: Pool): Promise<{ seconds: number; 
             chunk.rows.push([Buffer.from(f[0]!), value]);
             chunk.hi = key;
             chunk.bytes += value.length;
-            if (chunk.rows.length >= BATCH || chunk.bytes >= CHUNK_BYTES) {
+            if (chunk.rows.length >= batch || chunk.bytes >= CHUNK_BYTES) {
               const c = chunk;
               chunk = null;
               yield c;
             }
           }
-          if (n < BATCH * 4) break;
+          if (n < batch * 4) break;
         }
         if (chunk) yield chunk;
       } finally {
@@ -255,6 +260,7 @@ function walResult(w: WalUsed, rewritten: number, pages: { heap: number; toast: 
 
 async function main() {
   const args = parseArgs(process.argv.slice(2));
+  const batchArgs = args.batchSize === DEFAULT_BATCH_SIZE ? [] : ['--batch-size', String(args.batchSize)];
   const dir = process.env.BENCH_DIR ?? '/tmp/alation-keys-bench';
   fs.mkdirSync(dir, { recursive: true });
   if (args.appLoad) {
@@ -289,7 +295,7 @@ async function main() {
       await checkpointFirst(inst.pool);
       const upd0 = await updateCounts(inst.pool, BENCH_TABLES);
       const wal0 = await walMark(inst.pool);
-      const rot = await withSizeSampling(inst.pool, () => runRotate(inst));
+      const rot = await withSizeSampling(inst.pool, () => runRotate(inst, batchArgs));
       const wal = await walSince(inst.pool, wal0, waldump);
       await new Promise((r) => setTimeout(r, 1000)); // table statistics reach the server within a second
       const upd1 = await updateCounts(inst.pool, BENCH_TABLES);
@@ -336,7 +342,7 @@ async function main() {
         await checkpointFirst(inst.pool);
         const pages1 = await heapPages(inst.pool, BENCH_TABLES);
         const wal1 = await walMark(inst.pool);
-        const ref = await withSizeSampling(inst.pool, () => referencePipeline(inst.pool));
+        const ref = await withSizeSampling(inst.pool, () => referencePipeline(inst.pool, args.batchSize));
         const refWal = await walSince(inst.pool, wal1, waldump);
         res.limit = {
           seconds: ref.result.seconds,
@@ -354,7 +360,7 @@ async function main() {
           // Same physical state as the limit run had (tables rewritten once, space reused).
           await checkpointFirst(inst.pool);
           const wal2 = await walMark(inst.pool);
-          const again = await runRotate(inst);
+          const again = await runRotate(inst, batchArgs);
           const againWal = await walSince(inst.pool, wal2, waldump);
           res.rotateAgain = {
             seconds: again.seconds,
