@@ -2,9 +2,12 @@
  * The scans that count values per data key (the census before a rotation, the count after
  * each pass) read each large value's header with one TOAST slice fetch, not one per
  * expression: counted in buffers with EXPLAIN (ANALYZE, BUFFERS), which does not depend on
- * timing. Reading the prefix once halved the census and the count on 200,000 values.
+ * timing. Reading the prefix once halved the census and the count on 200,000 values. The
+ * census of several columns runs two scans side by side.
  */
+import { Pool } from 'pg';
 import { censusColumn, censusSql } from '../src/core/census';
+import { censusColumns } from '../src/core/rewrite/preflight';
 import { listColumns } from '../src/core/columns';
 import { countVersions, countVersionsSql, planColumn } from '../src/core/rewrite/plan';
 import { createInstallation, Installation } from './support/fixtures';
@@ -71,4 +74,36 @@ test.each(COLUMNS)('the count per data key after a pass reads each large %s valu
   const plan = await planColumn(inst.db, col, 0);
   expect((await buffersOf(countVersionsSql(plan))) / ROWS).toBeLessThan(MAX_BUFFERS_PER_VALUE);
   expect(await countVersions(inst.db, plan)).toEqual([{ version: 1, values: ROWS, bytes: expect.any(Number) }]);
+});
+
+test('the census scans two columns side by side, each on its own connection', async () => {
+  const { text, bytes } = await columns();
+  // Each table held by a session of its own: a census scan of it waits until released. Side
+  // by side, both scans are seen waiting at once; one after the other, never more than one.
+  const holders = await Promise.all([inst.db.pool.connect(), inst.db.pool.connect()]);
+  const pool = new Pool({ connectionString: inst.db.url, max: 4, application_name: 'census-side-by-side' });
+  try {
+    await holders[0].query('BEGIN; LOCK TABLE public.big_text IN ACCESS EXCLUSIVE MODE');
+    await holders[1].query('BEGIN; LOCK TABLE public.big_bytes IN ACCESS EXCLUSIVE MODE');
+    const census = censusColumns(pool, [text, bytes]);
+    census.catch(() => undefined);
+    let waiting = 0;
+    for (let i = 0; i < 200 && waiting < 2; i++) {
+      const r = await inst.db.query(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = 'census-side-by-side' AND wait_event_type = 'Lock' AND query LIKE 'SELECT CASE WHEN p IS NULL%'`,
+      );
+      waiting = r.rows[0].n;
+      if (waiting < 2) await new Promise((res) => setTimeout(res, 50));
+    }
+    expect(waiting).toBe(2);
+    await Promise.all(holders.map((h) => h.query('COMMIT')));
+    const [a, b] = await census;
+    expect([a.column, a.envelopes, b.column, b.envelopes]).toEqual(['public.big_text.secret', ROWS, 'public.big_bytes.payload', ROWS]);
+  } finally {
+    for (const h of holders) {
+      await h.query('ROLLBACK').catch(() => undefined);
+      h.release();
+    }
+    await pool.end();
+  }
 });

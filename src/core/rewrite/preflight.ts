@@ -7,6 +7,7 @@ import { IntegrityError, InterruptedError, PreconditionError, ProviderError } fr
 import { createKeyProvider, ProviderOptions } from '../../kms';
 import { KeyProvider } from '../../kms/provider';
 import { censusColumn, ColumnCensus } from '../census';
+import { mapWithConcurrency } from '../concurrency';
 import { EncryptedColumn, requireColumnType } from '../columns';
 import { describeFreeSpace, describeRequired, Headroom, HeadroomOptions, measureHeadroom } from '../headroom';
 import { JobRecord, lastSucceededJob, listJobs } from '../jobs';
@@ -91,13 +92,13 @@ export async function openProvider(pool: Pool, providerOptions: ProviderOptions,
   return { provider, deks };
 }
 
+/** Full scans run side by side at most this many at a time (each on its own connection). */
+export const SCAN_CONNECTIONS = 2;
+
+/** The census of each column (types checked first), SCAN_CONNECTIONS columns at a time. */
 export async function censusColumns(pool: Pool, cols: EncryptedColumn[]): Promise<ColumnCensus[]> {
-  const out: ColumnCensus[] = [];
-  for (const c of cols) {
-    await requireColumnType(pool, c);
-    out.push(await censusColumn(pool, c));
-  }
-  return out;
+  for (const c of cols) await requireColumnType(pool, c);
+  return mapWithConcurrency(cols, SCAN_CONNECTIONS, (c) => censusColumn(pool, c));
 }
 
 export async function planColumns(pool: Pool, cols: EncryptedColumn[]): Promise<ColumnPlan[]> {

@@ -34,7 +34,8 @@ import { ColumnPlan, countValues, countVersions, notUnderSql, VersionCount } fro
 import { countPendingExceptRecorded } from './undecryptable';
 import { count, verb } from '../../plural';
 import type { UndecryptableValueReport } from './job-run';
-import { censusColumns, findResumable, planColumns, throwIfStopped } from './preflight';
+import { censusColumns, findResumable, planColumns, SCAN_CONNECTIONS, throwIfStopped } from './preflight';
+import { mapWithConcurrency } from '../concurrency';
 
 export type { ColumnProgress, RewriteEvents as RotateEvents } from './engine';
 export type { RotatePlan } from './dry-run';
@@ -158,17 +159,21 @@ export async function rotate(pool: Pool, opts: RotateOptions = {}, events: Event
         resumeCommand: 'alation-keys rotate',
         // Values written meanwhile by instances that had not loaded DEK N+1 yet.
         countRemaining: async (states) => {
-          valuesAfter = {};
-          const remaining = new Map<ColumnPlan, number>();
-          for (const p of plans) {
+          // One full scan of the headers per column, SCAN_CONNECTIONS columns at a time.
+          const perColumn = await mapWithConcurrency(plans, SCAN_CONNECTIONS, async (p) => {
             const counts = await countVersions(pool, p);
-            addCounts(valuesAfter, counts);
             // With --skip-undecryptable, values left untouched because they do not decrypt are not
             // still to do while unchanged; without it a later pass meets them and stops.
             const recorded = opts.skipUndecryptable ? (states.get(p.name)!.undecryptable ?? []) : [];
             const n = recorded.length
               ? await countPendingExceptRecorded(pool, p, notUnderSql(p, toVersion, 't'), recorded)
               : counts.filter((c) => c.version !== toVersion).reduce((a, c) => a + c.values, 0);
+            return { p, counts, n };
+          });
+          valuesAfter = {};
+          const remaining = new Map<ColumnPlan, number>();
+          for (const { p, counts, n } of perColumn) {
+            addCounts(valuesAfter, counts);
             if (n > 0) remaining.set(p, n);
           }
           return remaining;
