@@ -11,14 +11,16 @@
  *
  * Each scenario: the workload alone for --before seconds ("before"), then a rotation with the
  * workload running ("during"); the standby's lag sampled every 250 ms during the rotation.
- * Scenarios: default rotate; --max-rate N; --max-replica-lag 5s; and the same two without and
+ * Scenarios: the no-crypto limit (the same rewrite without cryptography, at full speed: what
+ * any rewrite of these values does to the application, for reference); default rotate;
+ * --max-rate N; --max-replica-lag 5s; and the same two without and
  * with --max-replica-lag against a slow standby (replay paused for part of every second:
  * pg_wal_replay_pause/resume), since a standby on the same host keeps up on its own.
  *
  * Options (after --app-load): --values N (150000)  --rate OPS/S (200)  --connections N (4)
  * --before S (10)  --max-rate N (3000)  --replica-lag D (5s)  --replay-duty PCT (25)
  * --batch-size N (every rotation's; default rotate's)  --timeline (p99 per second of a rotation)
- * --only default,max-rate,replica-lag,slow,slow-replica-lag.
+ * --only limit,default,max-rate,replica-lag,slow,slow-replica-lag.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -28,8 +30,9 @@ import { sleep } from '../src/core/rewrite/util';
 import { BLOBS, DOCUMENTS, expectedPlaintext, isNullValue, RosemetaColumn, verifyRosemeta } from '../scripts/lib/rosemeta';
 import { PrimaryWithStandby, startPrimaryWithStandby } from '../scripts/lib/streaming-standby';
 import { fmt, Installation, log, runRotate, setUp } from './installation';
+import { referencePipeline } from './no-crypto-limit';
 
-const SCENARIOS = ['default', 'max-rate', 'replica-lag', 'slow', 'slow-replica-lag'] as const;
+const SCENARIOS = ['limit', 'default', 'max-rate', 'replica-lag', 'slow', 'slow-replica-lag'] as const;
 type Scenario = (typeof SCENARIOS)[number];
 
 export interface AppLoadArgs {
@@ -132,7 +135,7 @@ export interface WaitBreakdown {
 }
 
 /**
- * Samples pg_stat_activity every 10 ms for the application's active sessions and counts
+ * Samples pg_stat_activity every 25 ms for the application's active sessions and counts
  * their wait events (no wait event: on CPU, or waiting for the CPU), to say what the
  * application's queries waited for during the rotation.
  */
@@ -159,7 +162,7 @@ class WaitSampler {
       } catch {
         /* a sample lost */
       }
-      await sleep(10);
+      await sleep(25);
     }
   }
   async stop(): Promise<WaitBreakdown> {
@@ -420,7 +423,11 @@ async function runScenario(cluster: PrimaryWithStandby, inst: Installation, app:
   await cluster.waitForCatchUp(300_000);
   await inst.pool.query('CHECKPOINT');
   const options = [...optionsFor(s, a), ...(a.batchSize ? ['--batch-size', String(a.batchSize)] : [])];
-  log(`\n-- ${s}: rotate ${options.join(' ') || '(default settings)'}${s.startsWith('slow') ? `, standby replaying ${a.replayDuty} % of each second` : ''}`);
+  log(
+    s === 'limit'
+      ? `\n-- limit: the same rewrite without cryptography at full speed (npm run bench's limit; no rotation), for reference`
+      : `\n-- ${s}: rotate ${options.join(' ') || '(default settings)'}${s.startsWith('slow') ? `, standby replaying ${a.replayDuty} % of each second` : ''}`,
+  );
   const primary = new Client({ connectionString: cluster.primary.adminUrl });
   const standby = new Client({ connectionString: cluster.standbyUrl('postgres') });
   const control = new Client({ connectionString: cluster.standbyUrl('postgres') });
@@ -436,12 +443,15 @@ async function runScenario(cluster: PrimaryWithStandby, inst: Installation, app:
   waits = new WaitSampler(watcher);
   const slow = s.startsWith('slow') ? new SlowReplay(control, a.replayDuty) : undefined;
   const sampler = new LagSampler(primary, standby);
-  let rot: Awaited<ReturnType<typeof runRotate>>;
+  let rot: { seconds: number; summary: any; stderr: string };
   let rotationStart = 0;
   let lag: LagSummary;
   try {
     rotationStart = performance.now();
-    rot = await runRotate(inst, options, '5s');
+    if (s === 'limit') {
+      const r = await referencePipeline(inst.pool, a.batchSize);
+      rot = { seconds: r.seconds, summary: {}, stderr: '' };
+    } else rot = await runRotate(inst, options, '5s');
   } finally {
     await slow?.stop();
     lag = await sampler.stop();
@@ -453,7 +463,7 @@ async function runScenario(cluster: PrimaryWithStandby, inst: Installation, app:
   const waited = rot.summary.throttled ? rot.summary.throttled.replicaLagMs / 1000 : null;
   log(`  during:  ${describeLatency(during)}`);
   log(`           ${describeWaits(waitsDuring)}`);
-  log(`  rotation ${rot.seconds.toFixed(1)} s (${fmt(inst.values / rot.seconds)} values/s, --settle-time 5s included)${waited ? `, waited ${waited.toFixed(1)} s for the standby` : ''}`);
+  log(`  ${s === 'limit' ? 'rewrite' : 'rotation'} ${rot.seconds.toFixed(1)} s (${fmt(inst.values / rot.seconds)} values/s${s === 'limit' ? '' : ', --settle-time 5s included'})${waited ? `, waited ${waited.toFixed(1)} s for the standby` : ''}`);
   log(
     `  standby: lag max ${lag.maxSeconds.toFixed(2)} s, p99 ${lag.p99Seconds.toFixed(2)} s (${lag.samples} samples every 250 ms); ` +
       `max ${fmt(lag.maxBytes / 1024 / 1024, 1)} MB behind; replay_lag max ${lag.maxReplayLagSeconds === null ? '–' : lag.maxReplayLagSeconds.toFixed(2) + ' s'}`,
