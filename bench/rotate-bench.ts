@@ -81,6 +81,7 @@ function parseArgs(argv: string[]): Args {
     else if (argv[i] === '--keep-db') a.keepDb = true;
     else if (argv[i] === '--pg-bin') a.pgBin = argv[++i];
     else if (argv[i] === '--set') a.settings.push(argv[++i]);
+    else if (argv[i] === '--batch-size' && a.appLoad) a.rest.push(argv[i], argv[++i]);
     else if (argv[i] === '--batch-size') a.batchSize = Number(argv[++i]);
     else if (argv[i] === '--app-load') a.appLoad = true;
     else if (a.appLoad) a.rest.push(argv[i]);
