@@ -39,9 +39,12 @@ test('percentile: nearest rank of sorted values; NaN for none', () => {
 test('--app-load options: defaults, values, and a clear error for an unknown scenario or option', () => {
   const d = parseAppLoadArgs([]);
   expect(d).toMatchObject({ values: 150_000, rate: 200, connections: 4, replicaLag: '5s', replayDuty: 25 });
-  expect(d.only).toEqual(['default', 'max-rate', 'replica-lag', 'slow', 'slow-replica-lag']);
+  expect(d.only).toEqual(['limit', 'default', 'max-rate', 'replica-lag', 'slow', 'slow-replica-lag']);
+  expect(d.batchSize).toBeUndefined();
+  expect(d.timeline).toBe(false);
+  expect(parseAppLoadArgs(['--batch-size', '200', '--timeline', '--only', 'limit,default'])).toMatchObject({ batchSize: 200, timeline: true, only: ['limit', 'default'] });
   expect(parseAppLoadArgs(['--values', '100000', '--rate', '100', '--only', 'default,slow'])).toMatchObject({ values: 100_000, rate: 100, only: ['default', 'slow'] });
-  expect(() => parseAppLoadArgs(['--only', 'fast'])).toThrow('--only takes default,max-rate,replica-lag,slow,slow-replica-lag; not fast');
+  expect(() => parseAppLoadArgs(['--only', 'fast'])).toThrow('--only takes limit,default,max-rate,replica-lag,slow,slow-replica-lag; not fast');
   expect(() => parseAppLoadArgs(['--rate', 'many'])).toThrow('--rate takes a number ≥ 1, got many');
   expect(() => parseAppLoadArgs(['--workers', '2'])).toThrow('unknown --app-load option --workers');
 });
