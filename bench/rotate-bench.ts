@@ -52,7 +52,6 @@ import { referencePipeline, TABLES } from './no-crypto-limit';
 import { benchVerify, describeVerifyBench } from './verify-bench';
 import { benchEncrypt, describeEncryptBench } from './encrypt-bench';
 
-
 interface Args {
   sizes: number[];
   rowSample: number;
@@ -128,7 +127,6 @@ async function withSizeSampling<T>(pool: Pool, fn: () => Promise<T>): Promise<{ 
     await sampler;
   }
 }
-
 
 /** What a quick script does: a page at a time, one UPDATE per row. Measured on a sample. */
 async function rowByRow(inst: Installation, sample: number): Promise<{ seconds: number; rows: number; bytes: number }> {

@@ -48,11 +48,8 @@ async function buffersOf(sql: string): Promise<number> {
   return plan['Shared Hit Blocks'] + plan['Shared Read Blocks'];
 }
 
-async function columns() {
-  const cols = await listColumns(inst.db);
-  const text = cols.find((c) => c.table_name === 'big_text')!;
-  const bytes = cols.find((c) => c.table_name === 'big_bytes')!;
-  return { text, bytes };
+async function registered(table: string) {
+  return (await listColumns(inst.db)).find((c) => c.table_name === table)!;
 }
 
 // One slice fetch is a descent of the TOAST index (2 buffers here) and the first chunk (1);
@@ -63,21 +60,21 @@ const MAX_BUFFERS_PER_VALUE = 5;
 const COLUMNS = [['text', 'big_text'], ['bytea', 'big_bytes']] as const;
 
 test.each(COLUMNS)('the census reads each large %s value with one TOAST slice fetch', async (_storage, table) => {
-  const { [table === 'big_text' ? 'text' : 'bytes']: col } = await columns();
+  const col = await registered(table);
   expect((await buffersOf(censusSql(col))) / ROWS).toBeLessThan(MAX_BUFFERS_PER_VALUE);
   const census = await censusColumn(inst.db, col);
   expect(census).toMatchObject({ envelopes: ROWS, plaintext: 0, malformed: 0, nulls: 0, versions: { '1': { values: ROWS } } });
 });
 
 test.each(COLUMNS)('the count per data key after a pass reads each large %s value with one TOAST slice fetch', async (_storage, table) => {
-  const { [table === 'big_text' ? 'text' : 'bytes']: col } = await columns();
+  const col = await registered(table);
   const plan = await planColumn(inst.db, col, 0);
   expect((await buffersOf(countVersionsSql(plan))) / ROWS).toBeLessThan(MAX_BUFFERS_PER_VALUE);
   expect(await countVersions(inst.db, plan)).toEqual([{ version: 1, values: ROWS, bytes: expect.any(Number) }]);
 });
 
 test('the census scans two columns side by side, each on its own connection', async () => {
-  const { text, bytes } = await columns();
+  const [text, bytes] = [await registered('big_text'), await registered('big_bytes')];
   // Each table held by a session of its own: a census scan of it waits until released. Side
   // by side, both scans are seen waiting at once; one after the other, never more than one.
   const holders = await Promise.all([inst.db.pool.connect(), inst.db.pool.connect()]);
